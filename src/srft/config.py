@@ -1,0 +1,298 @@
+"""Typed configuration: one dataclass per concern, YAML presets, ``key=value`` overrides.
+
+A run's config is built in three layers, each checked before any work starts:
+
+1. the dataclass defaults (the SRFT method on the built-in default task);
+2. a preset YAML file (``--preset grpo`` or ``--config my.yaml``), nested by section;
+3. command-line overrides ``section.key=value``; the value is parsed as YAML
+   (``objective.sft_coef=0.3``, ``run.steps=100``, ``model.path=null``).
+
+An unknown section or key fails with the list of valid ones; a value of the wrong
+type fails naming the key, the expected type and the value given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union, get_args, get_origin
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is wrong; the message says which and how to fix it."""
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field with a help text (kept in the field's metadata)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class ModelConfig:
+    path: Optional[str] = _f(None, "Hugging Face model directory; null = the built-in base model (built on first use).")
+    dtype: Literal["float32", "bfloat16", "float16"] = _f("float32", "Parameter and compute dtype.")
+    device: str = _f("auto", "'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'.")
+    gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass to save memory.")
+    base_cache_dir: str = _f("~/.cache/srft", "Where the built-in base model is built and cached.")
+    base_seed: int = _f(0, "Seed of the built-in base model's pre-training.")
+    threads: int = _f(0, "torch CPU threads; 0 = leave torch's default.")
+
+
+@dataclass
+class DataConfig:
+    task: str = _f("addition", "Built-in task name, 'module:Class', or 'path/to/file.py:Class'.")
+    train_size: int = _f(4000, "Training prompts generated from the task (built-in/plugin tasks).")
+    test_size: int = _f(128, "Prompts in each test split (test_id, test_ood) for evaluation.")
+    seed: int = _f(1234, "Seed of the task's instance generator.")
+    max_prompt_tokens: int = _f(64, "Prompts longer than this are dropped (counted in the data summary).")
+    max_response_tokens: int = _f(96, "Maximum response length: rollouts stop here; demonstrations over it are handled by 'too_long'.")
+    too_long: Literal["drop", "truncate"] = _f("drop", "What to do with a demonstration longer than max_response_tokens.")
+
+
+@dataclass
+class RolloutConfig:
+    engine: Literal["hf"] = _f("hf", "Generation engine.")
+    prompts_per_step: int = _f(16, "Prompts sampled per optimiser step.")
+    n: int = _f(8, "On-policy rollouts per prompt (G).")
+    temperature: float = _f(1.0, "Sampling temperature of the rollouts.")
+    top_p: float = _f(1.0, "Nucleus sampling threshold of the rollouts.")
+
+
+@dataclass
+class ObjectiveConfig:
+    demonstrations: bool = _f(True, "Add each prompt's demonstration to its rollout group (off for GRPO).")
+    adv_norm: Literal["std", "mean"] = _f("std", "Group advantage: (r-mean)/(std+eps) or r-mean.")
+    adv_eps: float = _f(1e-6, "Epsilon in the advantage's denominator.")
+    sft_coef: float = _f(0.5, "c_sft in w_SFT = c_sft * sg(exp(-H)) on demonstration tokens; 0 disables the SFT term.")
+    sft_weight: Literal["exp", "constant"] = _f("exp", "w_SFT as the entropy-aware exp(-H) (paper) or the constant c_sft.")
+    offpolicy_coef: float = _f(1.0, "Weight of the off-policy RL term -A*f(pi) on demonstrations; 0 disables it.")
+    offpolicy_shaping: Literal["identity", "luffy"] = _f("identity", "f(pi): pi, or LUFFY's pi/(pi+gamma).")
+    shaping_gamma: float = _f(0.1, "gamma in LUFFY's shaping pi/(pi+gamma).")
+    self_rollout: Literal["srft", "grpo"] = _f("srft", "Loss on own rollouts: SRFT's weighted log-likelihood terms, or the clipped GRPO surrogate.")
+    rl_coef: float = _f(0.1, "c_rl in w_RL = c_rl * sg(exp(H)) on correct rollouts.")
+    rl_weight: Literal["exp", "constant"] = _f("exp", "w_RL as the entropy-aware exp(H) (paper) or the constant c_rl.")
+    neg_coef: float = _f(1.0, "Weight of the +log pi term on wrong rollouts (the paper uses 1).")
+    clip_eps: float = _f(0.2, "GRPO surrogate: lower clip range.")
+    clip_eps_high: float = _f(0.2, "GRPO surrogate: upper clip range (DAPO's clip-higher uses e.g. 0.28).")
+    entropy_granularity: Literal["token", "sequence", "batch"] = _f("sequence", "Entropy H used in the weights: per token, per sequence mean, or batch mean.")
+    entropy_coef: float = _f(0.001, "Entropy bonus coefficient (loss -= coef * entropy).")
+    kl_coef: float = _f(0.0, "KL penalty to the frozen initial model (k3 estimator); 0 = no reference model.")
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "token-sum-norm"] = _f(
+        "token-sum-norm", "How per-token losses are reduced to a scalar.")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = _f(3e-4, "AdamW learning rate.")
+    betas: list = _f([0.9, 0.99], "AdamW betas.")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    grad_clip: float = _f(1.0, "Clip the global gradient norm to this; 0 = no clipping.")
+    warmup_steps: int = _f(10, "Linear learning-rate warm-up steps.")
+    schedule: Literal["constant", "cosine"] = _f("constant", "Learning-rate schedule after warm-up.")
+    micro_batch: int = _f(64, "Sequences per forward/backward pass (gradient accumulation over the step).")
+
+
+@dataclass
+class RunConfig:
+    method: str = _f("srft", "Name of the method (the preset), recorded in the run directory.")
+    steps: int = _f(300, "Optimiser steps.")
+    seed: int = _f(0, "Seed of training (prompt order, sampling).")
+    out_dir: str = _f("runs/{method}-{time}", "Run directory; {method} and {time} are filled in.")
+    eval_every: int = _f(100, "Evaluate on the test splits every this many steps; 0 = only before and after.")
+    eval_k: int = _f(4, "Samples per test prompt (avg@k).")
+    eval_temperature: float = _f(1.0, "Sampling temperature of the evaluation.")
+    save_every: int = _f(100, "Save a resumable checkpoint every this many steps; 0 = only at the end.")
+    progress: bool = _f(True, "Show a progress bar.")
+    plots: bool = _f(True, "Write PNG plots at the end.")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- checking
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if get_origin(tp) in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_value(key: str, tp: Any, value: Any) -> Any:
+    """Return ``value`` converted to ``tp`` or raise ConfigError naming the key."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        errors = []
+        for arg in get_args(tp):
+            if arg is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _check_value(key, arg, value)
+            except ConfigError as e:
+                errors.append(e)
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        raise ConfigError(f"{key}: {value!r} is not one of {_type_name(tp)}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is list:
+        if isinstance(value, (list, tuple)):
+            return list(value)
+    else:  # pragma: no cover - every field uses one of the types above
+        return value
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _suggest(name: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return f"valid keys: {', '.join(valid)}.{hint}"
+
+
+def _apply(cfg: Config, updates: dict, source: str) -> None:
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    for sect, values in updates.items():
+        if sect not in sections:
+            raise ConfigError(f"{source}: unknown section '{sect}'; {_suggest(sect, list(sections))}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: section '{sect}' must be a mapping of keys to values, got {values!r}")
+        obj = getattr(cfg, sect)
+        hints = typing.get_type_hints(type(obj))
+        names = [f.name for f in dataclasses.fields(obj)]
+        for key, value in values.items():
+            if key not in names:
+                raise ConfigError(f"{source}: unknown key '{sect}.{key}'; {_suggest(key, names)}")
+            setattr(obj, key, _check_value(f"{source}: {sect}.{key}", hints[key], value))
+
+
+def parse_override(text: str) -> dict:
+    """``'objective.sft_coef=0.3'`` -> ``{'objective': {'sft_coef': 0.3}}``."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form section.key=value")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        sections = [f.name for f in dataclasses.fields(Config)]
+        raise ConfigError(f"override '{text}': the key must be section.key with a section among {', '.join(sections)}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return {parts[0]: {parts[1]: value}}
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def preset_path(name: str) -> Path:
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise ConfigError(f"unknown preset '{name}'; presets: {', '.join(list_presets())}")
+    return path
+
+
+def load_config(preset: str | None = "srft", config_file: str | None = None,
+                overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then a preset or a YAML file, then overrides; every layer checked."""
+    cfg = Config()
+    layers: list[tuple[str, Path]] = []
+    if preset:
+        layers.append((f"preset '{preset}'", preset_path(preset)))
+    if config_file:
+        path = Path(config_file)
+        if not path.exists():
+            raise ConfigError(f"config file '{config_file}' does not exist")
+        layers.append((str(path), path))
+    for source, path in layers:
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{source}: not valid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
+        _apply(cfg, data, source)
+    for text in overrides:
+        _apply(cfg, parse_override(text), f"override '{text}'")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that a single type cannot express."""
+    positive = {
+        "rollout.prompts_per_step": cfg.rollout.prompts_per_step,
+        "rollout.n": cfg.rollout.n,
+        "data.max_response_tokens": cfg.data.max_response_tokens,
+        "data.max_prompt_tokens": cfg.data.max_prompt_tokens,
+        "data.train_size": cfg.data.train_size,
+        "optim.micro_batch": cfg.optim.micro_batch,
+        "run.eval_k": cfg.run.eval_k,
+    }
+    for key, v in positive.items():
+        if v <= 0:
+            raise ConfigError(f"{key} must be > 0, got {v}")
+    if cfg.run.steps < 0:
+        raise ConfigError(f"run.steps must be >= 0, got {cfg.run.steps}")
+    if cfg.rollout.temperature <= 0:
+        raise ConfigError("rollout.temperature must be > 0 (sampling is required for group advantages)")
+    if not 0 < cfg.rollout.top_p <= 1:
+        raise ConfigError(f"rollout.top_p must be in (0, 1], got {cfg.rollout.top_p}")
+    if cfg.optim.lr <= 0:
+        raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
+    if len(cfg.optim.betas) != 2:
+        raise ConfigError(f"optim.betas must have two values, got {cfg.optim.betas}")
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def describe() -> str:
+    """Every key with its type, default and help text (``srft config --help-keys``)."""
+    lines = []
+    cfg = Config()
+    for sect in dataclasses.fields(Config):
+        obj = getattr(cfg, sect.name)
+        hints = typing.get_type_hints(type(obj))
+        lines.append(f"[{sect.name}]")
+        for f in dataclasses.fields(obj):
+            lines.append(f"  {sect.name}.{f.name}: {_type_name(hints[f.name])} = {getattr(obj, f.name)!r}")
+            lines.append(f"      {f.metadata.get('help', '')}")
+    return "\n".join(lines)

@@ -1,0 +1,21 @@
+"""The training objective: per-token loss terms (``losses``) combined for a batch (``combine``)."""
+
+from srft.objective.combine import TERMS, token_losses
+from srft.objective.losses import (
+    agg_loss,
+    entropy_for_weights,
+    group_advantages,
+    grpo_loss,
+    kl_k3,
+    offpolicy_loss,
+    rl_weight,
+    self_rollout_loss,
+    sft_loss,
+    sft_weight,
+    token_logprobs_and_entropy,
+)
+
+__all__ = [
+    "TERMS", "token_losses", "agg_loss", "entropy_for_weights", "group_advantages", "grpo_loss", "kl_k3",
+    "offpolicy_loss", "rl_weight", "self_rollout_loss", "sft_loss", "sft_weight", "token_logprobs_and_entropy",
+]

@@ -1,0 +1,76 @@
+"""Combine the loss terms for one batch of mixed sequences (demonstrations and own rollouts).
+
+A batch holds B sequences of both kinds in one ``[B, T]`` layout; each token gets the
+terms that apply to its sequence's kind, so every term is a ``[B, T]`` tensor that is
+zero where it does not apply. The caller reduces each term with the same
+:func:`~srft.objective.losses.agg_loss` call; because the reduction is linear, the
+reduced terms add up to the reduced total, and they can be logged one by one.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from srft.config import ObjectiveConfig
+from srft.objective.losses import (
+    entropy_for_weights,
+    grpo_loss,
+    kl_k3,
+    offpolicy_loss,
+    rl_weight,
+    self_rollout_loss,
+    sft_loss,
+    sft_weight,
+)
+
+# Every term the objective can produce, in logging order.
+TERMS = ("sft", "offpolicy", "pos", "neg", "grpo", "entropy_bonus", "kl")
+
+
+def token_losses(
+    cfg: ObjectiveConfig,
+    logp_BT: torch.Tensor,  # [B, T] log pi of the sequence's tokens (with gradient)
+    entropy_BT: torch.Tensor,  # [B, T] entropy of pi at each position (with gradient)
+    mask_BT: torch.Tensor,  # [B, T] 1 on response tokens
+    is_demo_B: torch.Tensor,  # [B] bool: a demonstration (off-policy) rather than an own rollout
+    correct_B: torch.Tensor,  # [B] bool: reward 1
+    adv_B: torch.Tensor,  # [B] group advantage
+    old_logp_BT: torch.Tensor | None = None,  # [B, T] rollout-time log-probs (GRPO ratio)
+    ref_logp_BT: torch.Tensor | None = None,  # [B, T] frozen reference log-probs (KL)
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Return (terms, weights): terms name -> [B, T] loss, weights 'w_sft'/'w_rl' -> [B, T] (detached)."""
+    mask = mask_BT.to(logp_BT.dtype)
+    demo_BT = is_demo_B.unsqueeze(-1).to(mask.dtype) * mask  # [B, T]
+    roll_BT = (~is_demo_B).unsqueeze(-1).to(mask.dtype) * mask  # [B, T]
+    zeros = torch.zeros_like(logp_BT)
+
+    # The entropy of each kind is taken over that kind's tokens only.
+    h_demo_BT = entropy_for_weights(entropy_BT, demo_BT, cfg.entropy_granularity)
+    h_roll_BT = entropy_for_weights(entropy_BT, roll_BT, cfg.entropy_granularity)
+    w_sft_BT = sft_weight(h_demo_BT, cfg.sft_coef, cfg.sft_weight) * demo_BT
+    w_rl_BT = rl_weight(h_roll_BT, cfg.rl_coef, cfg.rl_weight) * roll_BT
+
+    terms = {name: zeros for name in TERMS}
+    if cfg.sft_coef != 0:
+        terms["sft"] = sft_loss(logp_BT, w_sft_BT) * demo_BT
+    if cfg.offpolicy_coef != 0:
+        terms["offpolicy"] = cfg.offpolicy_coef * offpolicy_loss(
+            logp_BT, adv_B, cfg.offpolicy_shaping, cfg.shaping_gamma) * demo_BT
+    if cfg.self_rollout == "srft":
+        both_BT = self_rollout_loss(logp_BT, correct_B, w_rl_BT, cfg.neg_coef)
+        correct_BT = correct_B.unsqueeze(-1).to(mask.dtype)
+        terms["pos"] = both_BT * roll_BT * correct_BT
+        terms["neg"] = both_BT * roll_BT * (1 - correct_BT)
+    elif cfg.self_rollout == "grpo":
+        old = old_logp_BT if old_logp_BT is not None else logp_BT.detach()
+        surrogate_BT, _ = grpo_loss(logp_BT, old, adv_B, cfg.clip_eps, cfg.clip_eps_high)
+        terms["grpo"] = surrogate_BT * roll_BT
+    else:
+        raise ValueError(f"self_rollout must be srft or grpo, got {cfg.self_rollout!r}")
+    if cfg.entropy_coef != 0:
+        terms["entropy_bonus"] = -cfg.entropy_coef * entropy_BT * roll_BT
+    if cfg.kl_coef != 0:
+        if ref_logp_BT is None:
+            raise ValueError("kl_coef > 0 needs the reference model's log-probs")
+        terms["kl"] = cfg.kl_coef * kl_k3(logp_BT, ref_logp_BT) * roll_BT
+    return terms, {"w_sft": w_sft_BT, "w_rl": w_rl_BT}

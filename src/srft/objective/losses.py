@@ -1,0 +1,218 @@
+"""The SRFT objective and its pieces, as pure tensor functions.
+
+Every loss function returns a per-token loss ``[B, T]``; reducing it to a scalar is a
+separate named step, :func:`agg_loss`. Shapes use the suffix convention: ``_BT`` is
+``[batch, response tokens]``, ``_B`` one value per sequence, ``_BTV`` logits.
+
+Per prompt x the step has G on-policy rollouts and (usually) one demonstration;
+rewards r are in {0, 1}. With ``pi`` the current policy's probability of the token
+actually in the sequence and ``H`` the policy's entropy:
+
+- advantages over the augmented group (rollouts + demonstration):
+  ``A = (r - mean) / (std + eps)`` or ``A = r - mean``; an all-equal group gives A = 0;
+- demonstration SFT term:       ``w_SFT * (-log pi)``,  ``w_SFT = c_sft * sg(exp(-H))``, c_sft = 0.5;
+- demonstration off-policy RL:  ``-A * f(pi)``, the behaviour policy taken as 1, no clipping,
+  ``f(pi) = pi`` or LUFFY's ``pi / (pi + gamma)``;
+- own correct rollouts:         ``w_RL * (-log pi)``,  ``w_RL = c_rl * sg(exp(H))``, c_rl = 0.1;
+- own wrong rollouts:           ``+log pi`` (weight 1);
+- or, instead of the last two, the clipped GRPO surrogate (``self_rollout: grpo``).
+
+Where this implementation departs from the paper or chooses what it leaves open:
+
+- Sign of the entropy in w_SFT. The paper's text has ``exp(-H)``: the SFT pull is
+  weakened when the policy is uncertain, so that demonstrations do not collapse its
+  entropy. Reports of the authors' code use ``exp(+H)``. We follow the text.
+- Rewards. The paper derives the self-rollout term with rewards +1/-1 but trains with
+  0/1 verifiable rewards; we use 0/1 for the advantages and the correct/wrong split
+  for the self-rollout terms (exactly the two cases of the derivation).
+- Granularity of H. The text does not say. The default is ``sequence``: each
+  sequence's weight uses the mean entropy of the policy over that sequence's response
+  tokens, so the weight says how uncertain the policy is on *this* sample while
+  leaving the direction of the gradient within a sequence unchanged (``token`` would
+  re-weight tokens inside a sequence, closer to CHORD's per-token phi; ``batch`` uses
+  one number per micro-batch for all sequences of the same kind).
+- The entropy bonus (default 0.001, as in the reference scripts) and the KL penalty
+  (default 0) apply to on-policy rollout tokens only.
+- The negative term ``+log pi`` is unbounded below; the loop clips the global gradient
+  norm (``optim.grad_clip``), which the paper does not discuss.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+AggMode = Literal["token-mean", "seq-mean-token-mean", "token-sum-norm"]
+
+
+# --------------------------------------------------------------------------- advantages
+
+
+def group_advantages(rewards_N: torch.Tensor, group_N: torch.Tensor, norm: str = "std",
+                     eps: float = 1e-6) -> torch.Tensor:
+    """Group-normalised advantages over arbitrary groups.
+
+    rewards_N: [N] rewards of all sequences (rollouts and demonstrations) of the step.
+    group_N:   [N] integer group id (the prompt) of each sequence, in [0, num_groups).
+    norm:      'std' -> (r - mean) / (std + eps); 'mean' -> r - mean.
+    Returns [N] advantages; a group whose rewards are all equal gets exactly 0.
+    The std is the unbiased sample std (a group of one sequence gets A = 0).
+    """
+    rewards_N = rewards_N.float()
+    num_groups = int(group_N.max().item()) + 1 if group_N.numel() else 0
+    count_G = torch.zeros(num_groups, dtype=rewards_N.dtype).index_add_(0, group_N, torch.ones_like(rewards_N))
+    sum_G = torch.zeros(num_groups, dtype=rewards_N.dtype).index_add_(0, group_N, rewards_N)
+    mean_G = sum_G / count_G.clamp(min=1)
+    centred_N = rewards_N - mean_G[group_N]
+    if norm == "mean":
+        adv_N = centred_N
+    elif norm == "std":
+        sq_G = torch.zeros(num_groups, dtype=rewards_N.dtype).index_add_(0, group_N, centred_N**2)
+        std_G = (sq_G / (count_G - 1).clamp(min=1)).sqrt()
+        adv_N = centred_N / (std_G[group_N] + eps)
+    else:
+        raise ValueError(f"adv_norm must be 'std' or 'mean', got {norm!r}")
+    # All-equal groups: the centred reward is 0 up to rounding; make it exactly 0.
+    spread_G = torch.zeros(num_groups, dtype=rewards_N.dtype).index_add_(0, group_N, centred_N.abs())
+    same_G = spread_G <= 1e-12
+    return torch.where(same_G[group_N], torch.zeros_like(adv_N), adv_N)
+
+
+# --------------------------------------------------------------------------- log-probs and entropy
+
+
+def token_logprobs_and_entropy(logits_BTV: torch.Tensor, tokens_BT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi(token) and the entropy of pi at each position, both [B, T], with gradients."""
+    logp_BTV = F.log_softmax(logits_BTV.float(), dim=-1)
+    logp_BT = logp_BTV.gather(-1, tokens_BT.unsqueeze(-1)).squeeze(-1)
+    entropy_BT = -(logp_BTV.exp() * logp_BTV).sum(-1)
+    return logp_BT, entropy_BT
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
+    mask = mask.to(x.dtype)
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def entropy_for_weights(entropy_BT: torch.Tensor, mask_BT: torch.Tensor,
+                        granularity: str = "sequence") -> torch.Tensor:
+    """The entropy H that enters the weights, broadcast to [B, T] and detached.
+
+    token:    each token's own entropy;
+    sequence: the mean over that sequence's masked tokens;
+    batch:    the mean over all masked tokens of the batch.
+    """
+    ent_BT = entropy_BT.detach()
+    if granularity == "token":
+        h_BT = ent_BT
+    elif granularity == "sequence":
+        h_BT = masked_mean(ent_BT, mask_BT, dim=-1).unsqueeze(-1).expand_as(ent_BT)
+    elif granularity == "batch":
+        h_BT = masked_mean(ent_BT, mask_BT).expand_as(ent_BT)
+    else:
+        raise ValueError(f"entropy granularity must be token, sequence or batch, got {granularity!r}")
+    return h_BT * mask_BT.to(h_BT.dtype)
+
+
+def sft_weight(h_BT: torch.Tensor, coef: float = 0.5, mode: str = "exp") -> torch.Tensor:
+    """w_SFT = coef * sg(exp(-H)) ('exp') or coef ('constant'); [B, T], no gradient."""
+    if mode == "exp":
+        return coef * torch.exp(-h_BT.detach())
+    if mode == "constant":
+        return torch.full_like(h_BT, coef).detach()
+    raise ValueError(f"sft weight mode must be exp or constant, got {mode!r}")
+
+
+def rl_weight(h_BT: torch.Tensor, coef: float = 0.1, mode: str = "exp") -> torch.Tensor:
+    """w_RL = coef * sg(exp(H)) ('exp') or coef ('constant'); [B, T], no gradient."""
+    if mode == "exp":
+        return coef * torch.exp(h_BT.detach())
+    if mode == "constant":
+        return torch.full_like(h_BT, coef).detach()
+    raise ValueError(f"rl weight mode must be exp or constant, got {mode!r}")
+
+
+# --------------------------------------------------------------------------- per-token loss terms
+
+
+def sft_loss(logp_BT: torch.Tensor, weight_BT: torch.Tensor) -> torch.Tensor:
+    """Weighted negative log-likelihood: weight * (-log pi). [B, T]."""
+    return weight_BT.detach() * (-logp_BT)
+
+
+def offpolicy_loss(logp_BT: torch.Tensor, adv_B: torch.Tensor, shaping: str = "identity",
+                   gamma: float = 0.1) -> torch.Tensor:
+    """Off-policy policy-gradient term on demonstrations, behaviour policy taken as 1: -A * f(pi). [B, T].
+
+    f = identity: the importance ratio pi/1; f = luffy: pi / (pi + gamma), which
+    enlarges the gradient of low-probability tokens. No clipping.
+    """
+    prob_BT = logp_BT.exp()
+    if shaping == "identity":
+        f_BT = prob_BT
+    elif shaping == "luffy":
+        f_BT = prob_BT / (prob_BT + gamma)
+    else:
+        raise ValueError(f"off-policy shaping must be identity or luffy, got {shaping!r}")
+    return -adv_B.detach().unsqueeze(-1) * f_BT
+
+
+def self_rollout_loss(logp_BT: torch.Tensor, correct_B: torch.Tensor, w_rl_BT: torch.Tensor,
+                      neg_coef: float = 1.0) -> torch.Tensor:
+    """SRFT's loss on own rollouts: w_RL * (-log pi) if correct, neg_coef * (+log pi) if wrong. [B, T]."""
+    correct_BT = correct_B.bool().unsqueeze(-1).expand_as(logp_BT)
+    return torch.where(correct_BT, w_rl_BT.detach() * (-logp_BT), neg_coef * logp_BT)
+
+
+def grpo_loss(logp_BT: torch.Tensor, old_logp_BT: torch.Tensor, adv_B: torch.Tensor,
+              clip_low: float = 0.2, clip_high: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clipped PPO/GRPO surrogate. Returns (loss [B, T], clipped-token indicator [B, T])."""
+    ratio_BT = torch.exp(logp_BT - old_logp_BT.detach())
+    adv_BT = adv_B.detach().unsqueeze(-1)
+    unclipped_BT = -adv_BT * ratio_BT
+    clipped_BT = -adv_BT * ratio_BT.clamp(1 - clip_low, 1 + clip_high)
+    loss_BT = torch.maximum(unclipped_BT, clipped_BT)
+    return loss_BT, (clipped_BT > unclipped_BT).float()
+
+
+def kl_k3(logp_BT: torch.Tensor, ref_logp_BT: torch.Tensor) -> torch.Tensor:
+    """k3 estimator of KL(pi || ref) per token: exp(ref - logp) - (ref - logp) - 1 >= 0. [B, T]."""
+    delta_BT = ref_logp_BT.detach() - logp_BT
+    return delta_BT.exp() - delta_BT - 1
+
+
+# --------------------------------------------------------------------------- reduction
+
+
+def agg_loss(loss_BT: torch.Tensor, mask_BT: torch.Tensor, mode: AggMode = "token-mean", *,
+             num_tokens: float | None = None, num_seqs: float | None = None,
+             max_len: int | None = None) -> torch.Tensor:
+    """Reduce a per-token loss to a scalar.
+
+    token-mean:          sum over valid tokens / number of valid tokens;
+    seq-mean-token-mean: mean over sequences of each sequence's token mean;
+    token-sum-norm:      sum over valid tokens / (number of sequences * max_len), the
+                         constant normaliser of Dr.GRPO and the LUFFY/SRFT reference code.
+    ``num_tokens``, ``num_seqs``, ``max_len`` let a caller that splits a step into
+    micro-batches pass the whole step's counts, so that the micro-batch losses add up
+    to the loss of the whole step. Sequences with no valid token do not count in
+    seq-mean-token-mean.
+    """
+    mask = mask_BT.to(loss_BT.dtype)
+    if mode == "token-mean":
+        denom = num_tokens if num_tokens is not None else mask.sum()
+        return (loss_BT * mask).sum() / max(float(denom), 1.0)
+    if mode == "seq-mean-token-mean":
+        tokens_B = mask.sum(-1)
+        seq_mean_B = (loss_BT * mask).sum(-1) / tokens_B.clamp(min=1)
+        denom = num_seqs if num_seqs is not None else (tokens_B > 0).sum()
+        return seq_mean_B.sum() / max(float(denom), 1.0)
+    if mode == "token-sum-norm":
+        n_seqs = num_seqs if num_seqs is not None else loss_BT.shape[0]
+        length = max_len if max_len is not None else loss_BT.shape[1]
+        return (loss_BT * mask).sum() / max(float(n_seqs) * float(length), 1.0)
+    raise ValueError(f"loss_agg must be token-mean, seq-mean-token-mean or token-sum-norm, got {mode!r}")

@@ -1,0 +1,182 @@
+"""The ``srft`` command line.
+
+    srft train [--preset NAME | --config FILE] [section.key=value ...] [--resume RUN_DIR]
+    srft evaluate [--model DIR] [--task NAME] [--split test_id] [--k 8] ...
+    srft build-base [--task NAME] [--seed N] [--out DIR]
+    srft export --task NAME --split train --n 1000 --out FILE.parquet
+    srft config [--preset NAME] [section.key=value ...]   (print the resolved config; --keys for every key)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default=None,
+                   help="method preset (srft, grpo, ...); default srft unless --config is given")
+    p.add_argument("--config", default=None, help="a YAML file of config sections, applied after the preset")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. run.steps=100")
+
+
+def _load(args):
+    from srft.config import load_config
+
+    preset = args.preset if args.preset else (None if args.config else "srft")
+    return load_config(preset, args.config, args.overrides)
+
+
+def cmd_train(args) -> int:
+    from srft.config import load_config
+    from srft.training.loop import train
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        cfg_file = run_dir / "config.yaml"
+        if not cfg_file.exists():
+            raise SystemExit(f"error: {run_dir} is not a run directory (no config.yaml)")
+        cfg = load_config(None, str(cfg_file), args.overrides)
+        train(cfg, run_dir=run_dir, resume=True)
+    else:
+        cfg = _load(args)
+        train(cfg)
+    return 0
+
+
+def cmd_config(args) -> int:
+    import yaml
+
+    from srft.config import describe, list_presets
+
+    if args.keys:
+        print(describe())
+        print(f"\npresets: {', '.join(list_presets())}")
+        return 0
+    print(yaml.safe_dump(_load(args).to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def cmd_build_base(args) -> int:
+    from srft.models.base_model import build_base_model, ensure_base_model
+
+    if args.out:
+        path = build_base_model(Path(args.out), task_name=args.task, seed=args.seed)
+    else:
+        import os
+        path = ensure_base_model(Path(os.path.expanduser(args.cache_dir)), task_name=args.task, seed=args.seed)
+    print(path)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from srft.data.loading import export_rows
+    from srft.tasks import get_task
+
+    task = get_task(args.task)
+    rows = task.generate(args.split, args.n, args.seed)
+    for r in rows:
+        r.setdefault("data_source", task.name)
+    export_rows(rows, Path(args.out), split=args.split)
+    print(f"wrote {len(rows)} rows of {task.name}/{args.split} to {args.out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import torch
+
+    from srft.config import ModelConfig
+    from srft.evaluation.sampling import evaluate_prompts
+    from srft.models.loading import load_model_and_tokenizer
+    from srft.rollout.engine import HFEngine
+    from srft.tasks import get_task
+    from srft.training.data import encode_rows
+    from srft.config import DataConfig
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    task = get_task(args.task)
+    model, tok, path = load_model_and_tokenizer(ModelConfig(path=args.model, device=args.device), task_name=args.task)
+    engine = HFEngine(model, tok.pad_token_id, tok.eos_token_id)
+    data_cfg = DataConfig(max_prompt_tokens=args.max_prompt_tokens, max_response_tokens=args.max_new_tokens)
+    results = {"model": str(path), "task": task.name, "k": args.k, "temperature": args.temperature, "splits": {}}
+    for split in args.split:
+        rows = task.generate(split, args.n, args.data_seed)
+        examples, _ = encode_rows(rows, tok, data_cfg, name=split)
+        res = evaluate_prompts(engine, tok, [e.prompt_ids for e in examples], [e.answer for e in examples],
+                               task.verify, k=args.k, temperature=args.temperature,
+                               max_new_tokens=args.max_new_tokens, keep_completions=bool(args.out))
+        results["splits"][split] = res
+        print(f"{split:<10} avg@{args.k} {res[f'avg@{args.k}']:.3f}  pass@{args.k} {res[f'pass@{args.k}']:.3f}  "
+              f"format {res['format_ok']:.3f}  ({res['n_prompts']} prompts)")
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="srft", description=__doc__.split("\n\n")[0] if __doc__ else None,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model (SRFT by default)")
+    _add_config_args(p)
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("config", help="print the resolved config, or every key with --keys")
+    _add_config_args(p)
+    p.add_argument("--keys", action="store_true", help="list every key with its type, default and help")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("evaluate", help="evaluate a model on a task's test splits")
+    p.add_argument("--model", default=None, help="model directory (default: the built-in base model)")
+    p.add_argument("--task", default="addition", help="task name, module:Class or file.py:Class")
+    p.add_argument("--split", nargs="+", default=["test_id", "test_ood"], help="splits to evaluate")
+    p.add_argument("--n", type=int, default=128, help="prompts per split")
+    p.add_argument("--k", type=int, default=8, help="samples per prompt (avg@k, pass@k)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--max-prompt-tokens", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--data-seed", type=int, default=1234, help="the task generator's seed (as data.seed in training)")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--out", default=None, help="write every completion and its score to this JSON file")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("build-base", help="build (or find in the cache) the built-in base model")
+    p.add_argument("--task", default="addition")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", default="~/.cache/srft")
+    p.add_argument("--out", default=None, help="build into this directory instead of the cache")
+    p.set_defaults(func=cmd_build_base)
+
+    p = sub.add_parser("export", help="write a built-in task's rows as parquet/jsonl in the verl/LUFFY schema")
+    p.add_argument("--task", default="addition")
+    p.add_argument("--split", default="train", choices=["train", "test_id", "test_ood"])
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--out", required=True, help="output file, .parquet or .jsonl")
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from srft.config import ConfigError
+    from srft.models.loading import ModelError
+    from srft.tasks import TaskError
+    from srft.training.data import DataError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, ModelError, TaskError, DataError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

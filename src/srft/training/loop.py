@@ -1,0 +1,439 @@
+"""The training loop: one function, every method.
+
+Each step:
+
+1. sample ``prompts_per_step`` prompts (a seeded permutation per epoch, so the data
+   position is a function of the step and a resumed run sees the same prompts);
+2. generate ``n`` rollouts per prompt with the rollout engine (phase ``generate``);
+3. score rollouts and demonstrations with the task's verifier (phase ``score``);
+4. build each prompt's augmented group (rollouts + its demonstration) and the group
+   advantages over it;
+5. forward/backward in micro-batches, the per-token terms of ``srft.objective`` reduced
+   with the step's global counts (phase ``forward_backward``);
+6. clip the gradient norm and step the optimiser and the schedule (phase ``optimizer``).
+
+Periodic evaluation on the test splits, periodic checkpoints, and ``resume`` from the
+last one (model, optimiser, scheduler, RNG states, step; the data position follows from
+the step). Every step appends a line to ``metrics.jsonl``.
+
+Departures from the paper (the objective's own are in ``srft.objective.losses``):
+
+- One gradient step per batch of rollouts (no PPO epochs / mini-batches): the GRPO
+  ratio's "old" log-probs are the current ones detached, so the ratio is 1 in value
+  and clipping never binds; this matches the SRFT/LUFFY reference settings of one
+  update per rollout batch.
+- Demonstrations are scored by the verifier like rollouts; an expert demonstration
+  that fails verification enters its group with reward 0 (counted in ``demo_reward``).
+- Rollouts that hit ``max_response_tokens`` without EOS are scored as they are
+  (usually wrong) and trained on like any other rollout.
+- The learning-rate schedule has a short linear warm-up (``optim.warmup_steps``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from srft.config import Config, save_config
+from srft.models.loading import load_model_and_tokenizer, wrap_model
+from srft.objective import TERMS, agg_loss, group_advantages, token_logprobs_and_entropy, token_losses
+from srft.rollout.engine import HFEngine
+from srft.tasks import get_task
+from srft.training.checkpoint import has_checkpoint, load_trainer_state, save_checkpoint, set_rng_state
+from srft.training.data import Example, encode_rows
+from srft.training.metrics import MetricsLog, timed
+
+TEST_SPLITS = ("test_id", "test_ood")
+
+
+def make_run_dir(cfg: Config) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = Path(cfg.run.out_dir.format(method=cfg.run.method, time=stamp))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def lr_lambda(cfg: Config):
+    warmup, total, schedule = cfg.optim.warmup_steps, max(cfg.run.steps, 1), cfg.optim.schedule
+
+    def f(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "cosine":
+            progress = (step - warmup) / max(total - warmup, 1)
+            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return 1.0
+
+    return f
+
+
+def prompts_for_step(n_examples: int, step: int, per_step: int, seed: int) -> list[int]:
+    """Indices of the prompts of ``step``: consecutive slices of a per-epoch permutation."""
+    out = []
+    start = step * per_step
+    for pos in range(start, start + per_step):
+        epoch, i = divmod(pos, n_examples)
+        perm = torch.randperm(n_examples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        out.append(int(perm[i]))
+    return out
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def pad_batch(seqs: list[tuple[list[int], list[int]]], pad_id: int, device) -> dict:
+    """Right-pad (prompt, response) pairs for one forward pass.
+
+    Returns input_ids_BL / attention_BL for the model, and for the response tokens
+    tokens_BT (the response ids), mask_BT, and pos_BT: the position in the logits that
+    predicts each response token (prompt length - 1 + t).
+    """
+    B = len(seqs)
+    L = max(len(p) + len(r) for p, r in seqs) - 1
+    T = max(len(r) for _, r in seqs)
+    input_ids_BL = torch.full((B, L), pad_id, dtype=torch.long)
+    attention_BL = torch.zeros((B, L), dtype=torch.long)
+    tokens_BT = torch.full((B, T), pad_id, dtype=torch.long)
+    mask_BT = torch.zeros((B, T), dtype=torch.float32)
+    pos_BT = torch.zeros((B, T), dtype=torch.long)
+    for b, (p, r) in enumerate(seqs):
+        full = (p + r)[:-1]  # the last token is only a target
+        input_ids_BL[b, :len(full)] = torch.tensor(full)
+        attention_BL[b, :len(full)] = 1
+        tokens_BT[b, :len(r)] = torch.tensor(r)
+        mask_BT[b, :len(r)] = 1
+        pos_BT[b, :len(r)] = torch.arange(len(p) - 1, len(p) - 1 + len(r))
+    return {k: v.to(device) for k, v in dict(input_ids_BL=input_ids_BL, attention_BL=attention_BL,
+                                             tokens_BT=tokens_BT, mask_BT=mask_BT, pos_BT=pos_BT).items()}
+
+
+def response_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi and entropy at every response token: ([B, T], [B, T])."""
+    logits_BLV = model(input_ids=batch["input_ids_BL"], attention_mask=batch["attention_BL"]).logits
+    V = logits_BLV.shape[-1]
+    logits_BTV = logits_BLV.gather(1, batch["pos_BT"].unsqueeze(-1).expand(-1, -1, V))
+    return token_logprobs_and_entropy(logits_BTV, batch["tokens_BT"])
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def evaluate_splits(engine, tokenizer, task, tests: dict[str, list[Example]], cfg: Config) -> dict:
+    from srft.evaluation.sampling import evaluate_prompts
+
+    out = {}
+    for split, examples in tests.items():
+        res = evaluate_prompts(engine, tokenizer, [e.prompt_ids for e in examples], [e.answer for e in examples],
+                               task.verify, k=cfg.run.eval_k, temperature=cfg.run.eval_temperature,
+                               max_new_tokens=cfg.data.max_response_tokens)
+        res["acc"] = res[f"avg@{cfg.run.eval_k}"]
+        out[split] = res
+    return out
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Path:
+    """Train as ``cfg`` says; return the run directory. ``resume`` continues ``run_dir``'s checkpoint."""
+    if cfg.model.threads > 0:
+        torch.set_num_threads(cfg.model.threads)
+    seed_everything(cfg.run.seed)
+    run_dir = run_dir or make_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    say = print if cfg.run.progress else (lambda *a, **k: None)
+
+    # ---- task, model, data: every check before the first step
+    task = get_task(cfg.data.task)
+    model, tokenizer, model_path = load_model_and_tokenizer(cfg.model, task_name=cfg.data.task,
+                                                            progress=cfg.run.progress)
+    device = next(model.parameters()).device
+    train_rows = task.generate("train", cfg.data.train_size, cfg.data.seed)
+    train_set, report = encode_rows(train_rows, tokenizer, cfg.data, name="train",
+                                    need_demo=cfg.objective.demonstrations)
+    say(report.summary("train"))
+    tests = {}
+    for split in TEST_SPLITS:
+        rows = task.generate(split, cfg.data.test_size, cfg.data.seed)
+        tests[split], rep = encode_rows(rows, tokenizer, cfg.data, name=split)
+        if rep.kept < rep.total:
+            say(rep.summary(split))
+
+    model = wrap_model(model)
+    ref_model = None
+    if cfg.objective.kl_coef > 0:
+        from transformers import AutoModelForCausalLM
+        ref_model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=model.dtype).to(device).eval()
+        ref_model.requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                                  weight_decay=cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    engine = HFEngine(model, tokenizer.pad_token_id, tokenizer.eos_token_id)
+    log = MetricsLog(run_dir / "metrics.jsonl")
+    eval_log = MetricsLog(run_dir / "eval_history.jsonl")
+
+    start_step = 0
+    if resume:
+        if not has_checkpoint(run_dir):
+            raise FileNotFoundError(f"no checkpoint in {run_dir} to resume from; start a new run instead")
+        state = load_trainer_state(run_dir)
+        from transformers import AutoModelForCausalLM
+        loaded = AutoModelForCausalLM.from_pretrained(str(run_dir / "checkpoint" / "model"), dtype=model.dtype)
+        model.load_state_dict(loaded.state_dict())
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        start_step = state["step"]
+        log.truncate_from(start_step)
+        eval_log.truncate_from(start_step + 1)
+        say(f"resumed {run_dir} at step {start_step}")
+    else:
+        for path in (log.path, eval_log.path):
+            path.unlink(missing_ok=True)
+
+    if not resume:
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            ev = evaluate_splits(engine, tokenizer, task, tests, cfg)
+        eval_log.append({"step": 0, **ev, "t_eval": time.perf_counter() - t0})
+        say(f"before training: " + ", ".join(f"{s} acc {ev[s]['acc']:.3f}" for s in ev))
+
+    # Ctrl-C or SIGTERM: finish the step in progress, save, and stop.
+    stop = {"now": False}
+
+    def request_stop(signum, frame):
+        stop["now"] = True
+
+    old_handler = signal.signal(signal.SIGTERM, request_stop) if _main_thread() else None
+
+    bar = None
+    if cfg.run.progress:
+        from tqdm import tqdm
+        bar = tqdm(total=cfg.run.steps, initial=start_step, desc=cfg.run.method, dynamic_ncols=True)
+    completed = start_step  # steps whose update is applied and logged
+    try:
+        for step in range(start_step, cfg.run.steps):
+            record = train_step(cfg, step, model, ref_model, engine, tokenizer, task, train_set, optimizer,
+                                scheduler, device)
+            log.append(record)
+            completed = step + 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(acc=f"{record['rollout_acc']:.2f}", H=f"{record['entropy_rollout']:.2f}",
+                                w_sft=f"{record['w_sft']:.2f}", w_rl=f"{record['w_rl']:.2f}",
+                                loss=f"{record['loss']:.3f}")
+            done = step + 1
+            if cfg.run.eval_every and done % cfg.run.eval_every == 0 and done < cfg.run.steps:
+                t0 = time.perf_counter()
+                ev = evaluate_splits(engine, tokenizer, task, tests, cfg)
+                eval_log.append({"step": done, **ev, "t_eval": time.perf_counter() - t0})
+                if bar is not None:
+                    bar.write(f"step {done}: " + ", ".join(f"{s} acc {ev[s]['acc']:.3f}" for s in ev))
+            if cfg.run.save_every and done % cfg.run.save_every == 0 and done < cfg.run.steps:
+                save_checkpoint(run_dir, model, tokenizer, optimizer, scheduler, done, {})
+            if stop["now"]:
+                raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        done = completed
+        save_checkpoint(run_dir, model, tokenizer, optimizer, scheduler, done, {})
+        if bar is not None:
+            bar.close()
+        print(f"\ninterrupted: checkpoint saved at step {done} in {run_dir}; "
+              f"continue with: srft train --resume {run_dir}", file=sys.stderr)
+        raise
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
+    if bar is not None:
+        bar.close()
+
+    # ---- the end: final evaluation, model, eval.json, plots, summary
+    t0 = time.perf_counter()
+    final = evaluate_splits(engine, tokenizer, task, tests, cfg)
+    eval_log.append({"step": cfg.run.steps, **final, "t_eval": time.perf_counter() - t0})
+    save_checkpoint(run_dir, model, tokenizer, optimizer, scheduler, cfg.run.steps, {})
+    model.save_pretrained(run_dir / "model")
+    tokenizer.save_pretrained(run_dir / "model")
+    history = eval_log.read()
+    before = history[0]
+    summary = {
+        "method": cfg.run.method,
+        "task": cfg.data.task,
+        "base_model": str(model_path),
+        "steps": cfg.run.steps,
+        "k": cfg.run.eval_k,
+        "temperature": cfg.run.eval_temperature,
+        "metric": f"avg@{cfg.run.eval_k}",
+        "before": {s: before[s]["acc"] for s in TEST_SPLITS},
+        "after": {s: final[s]["acc"] for s in TEST_SPLITS},
+        "pass@k_before": {s: before[s][f"pass@{cfg.run.eval_k}"] for s in TEST_SPLITS},
+        "pass@k_after": {s: final[s][f"pass@{cfg.run.eval_k}"] for s in TEST_SPLITS},
+        "n_prompts": {s: final[s]["n_prompts"] for s in TEST_SPLITS},
+        "history": [{"step": h["step"], **{s: h[s]["acc"] for s in TEST_SPLITS}} for h in history],
+    }
+    records = log.read()
+    summary["train_time_s"] = sum(r["t_step"] for r in records)
+    (run_dir / "eval.json").write_text(json.dumps(summary, indent=2))
+    if cfg.run.plots:
+        from srft.training.plots import plot_run
+        plot_run(records, [{"step": h["step"], **{s: h[s] for s in TEST_SPLITS}} for h in history], run_dir)
+    say(summary_table(summary, records, run_dir))
+    return run_dir
+
+
+def _main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def summary_table(summary: dict, records: list[dict], run_dir: Path) -> str:
+    k = summary["k"]
+    lines = [
+        "",
+        f"{summary['method']} on {summary['task']}: {summary['steps']} steps in {summary['train_time_s']:.0f} s",
+        f"{'split':<10} {'before':>8} {'after':>8}   (avg@{k}, temperature {summary['temperature']})",
+    ]
+    for s in TEST_SPLITS:
+        lines.append(f"{s:<10} {summary['before'][s]:>8.3f} {summary['after'][s]:>8.3f}")
+    if records:
+        last = records[-10:]
+        mean = lambda key: sum(r[key] for r in last) / len(last)  # noqa: E731
+        lines.append(f"last 10 steps: rollout acc {mean('rollout_acc'):.3f}, entropy {mean('entropy_rollout'):.3f}, "
+                     f"w_sft {mean('w_sft'):.3f}, w_rl {mean('w_rl'):.3f}")
+    lines.append(f"run directory: {run_dir}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- one step
+
+
+def train_step(cfg: Config, step: int, model, ref_model, engine, tokenizer, task, train_set: list[Example],
+               optimizer, scheduler, device) -> dict:
+    times: dict[str, float] = {}
+    t_start = time.perf_counter()
+    obj = cfg.objective
+    idx = prompts_for_step(len(train_set), step, cfg.rollout.prompts_per_step, cfg.run.seed)
+    examples = [train_set[i] for i in idx]
+
+    with timed("generate", times):
+        responses = engine.generate([e.prompt_ids for e in examples], cfg.rollout.n,
+                                    cfg.data.max_response_tokens, cfg.rollout.temperature, cfg.rollout.top_p)
+
+    # (prompt ids, response ids, is_demo, group) for every sequence of the step
+    seqs, is_demo, groups, texts, answers = [], [], [], [], []
+    for g, (ex, resp_n) in enumerate(zip(examples, responses)):
+        for r in resp_n:
+            seqs.append((ex.prompt_ids, r))
+            is_demo.append(False)
+            groups.append(g)
+            answers.append(ex.answer)
+        if obj.demonstrations and ex.demo_ids is not None:
+            seqs.append((ex.prompt_ids, ex.demo_ids))
+            is_demo.append(True)
+            groups.append(g)
+            answers.append(ex.answer)
+    with timed("score", times):
+        texts = [tokenizer.decode(r, skip_special_tokens=True) for _, r in seqs]
+        scores = [task.verify(t, a) for t, a in zip(texts, answers)]
+    rewards_N = torch.tensor([s.reward for s in scores], dtype=torch.float32)
+    is_demo_N = torch.tensor(is_demo)
+    group_N = torch.tensor(groups)
+    adv_N = group_advantages(rewards_N, group_N, obj.adv_norm, obj.adv_eps)
+    correct_N = rewards_N > 0
+
+    # Global counts so that micro-batch losses add up to the step's loss.
+    lengths = [len(r) for _, r in seqs]
+    counts = dict(num_tokens=float(sum(lengths)), num_seqs=float(len(seqs)),
+                  max_len=cfg.data.max_response_tokens)
+    sums = {f"loss_{n}": 0.0 for n in TERMS}
+    acc = {"ent_roll": 0.0, "ent_demo": 0.0, "tok_roll": 0.0, "tok_demo": 0.0, "w_sft": 0.0, "w_rl": 0.0,
+           "prob_demo": 0.0}
+    optimizer.zero_grad(set_to_none=True)
+    with timed("forward_backward", times):
+        order = sorted(range(len(seqs)), key=lambda i: lengths[i])  # similar lengths share a micro-batch
+        for start in range(0, len(order), cfg.optim.micro_batch):
+            ids = order[start:start + cfg.optim.micro_batch]
+            batch = pad_batch([seqs[i] for i in ids], tokenizer.pad_token_id, device)
+            mask_BT = batch["mask_BT"]
+            logp_BT, ent_BT = response_logprobs(model, batch)
+            ref_BT = None
+            if ref_model is not None:
+                with torch.no_grad():
+                    ref_BT, _ = response_logprobs(ref_model, batch)
+            demo_B = is_demo_N[ids].to(device)
+            terms, weights = token_losses(obj, logp_BT, ent_BT, mask_BT, demo_B, correct_N[ids].to(device),
+                                          adv_N[ids].to(device), None, ref_BT)
+            reduced = {n: agg_loss(t, mask_BT, obj.loss_agg, **counts) for n, t in terms.items()}
+            loss = sum(reduced.values())
+            loss.backward()
+            # ---- statistics of this micro-batch (no gradient)
+            with torch.no_grad():
+                for n, v in reduced.items():
+                    sums[f"loss_{n}"] += float(v)
+                demo_BT = mask_BT * demo_B.unsqueeze(-1)
+                roll_BT = mask_BT - demo_BT
+                acc["ent_roll"] += float((ent_BT * roll_BT).sum())
+                acc["ent_demo"] += float((ent_BT * demo_BT).sum())
+                acc["tok_roll"] += float(roll_BT.sum())
+                acc["tok_demo"] += float(demo_BT.sum())
+                acc["w_sft"] += float((weights["w_sft"] * demo_BT).sum())
+                acc["w_rl"] += float((weights["w_rl"] * roll_BT).sum())
+                acc["prob_demo"] += float((logp_BT.exp() * demo_BT).sum())
+
+    with timed("optimizer", times):
+        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+        optimizer.step()
+        scheduler.step()
+        engine.sync_weights(model)
+
+    # ---- the step's record
+    roll = ~is_demo_N
+    n_roll = int(roll.sum())
+    r_roll = rewards_N[roll].view(len(examples), cfg.rollout.n)  # [P, G]
+    gen_tokens = sum(lengths[i] for i in range(len(seqs)) if not is_demo[i])
+    t_step = time.perf_counter() - t_start
+    record = {
+        "step": step,
+        "lr": scheduler.get_last_lr()[0],
+        "reward_mean": float(rewards_N[roll].mean()),
+        "rollout_acc": float(correct_N[roll].float().mean()),
+        "frac_all_correct": float((r_roll.min(dim=1).values > 0).float().mean()),
+        "frac_all_wrong": float((r_roll.max(dim=1).values <= 0).float().mean()),
+        "format_ok": sum(s.format_ok for s, d in zip(scores, is_demo) if not d) / max(n_roll, 1),
+        "demo_reward": float(rewards_N[is_demo_N].mean()) if is_demo_N.any() else None,
+        "n_demos": int(is_demo_N.sum()),
+        "entropy_rollout": acc["ent_roll"] / max(acc["tok_roll"], 1),
+        "entropy_demo": acc["ent_demo"] / acc["tok_demo"] if acc["tok_demo"] else None,
+        "w_sft": acc["w_sft"] / acc["tok_demo"] if acc["tok_demo"] else 0.0,
+        "w_rl": acc["w_rl"] / max(acc["tok_roll"], 1),
+        "demo_prob": acc["prob_demo"] / acc["tok_demo"] if acc["tok_demo"] else None,
+        **sums,
+        "loss": sum(sums.values()),
+        "grad_norm": grad_norm,
+        "response_len": gen_tokens / max(n_roll, 1),
+        "demo_len": (sum(lengths[i] for i in range(len(seqs)) if is_demo[i]) / int(is_demo_N.sum())
+                     if is_demo_N.any() else None),
+        "adv_abs_mean": float(adv_N.abs().mean()),
+        **times,
+        "t_step": t_step,
+        "gen_tokens_per_s": gen_tokens / max(times["t_generate"], 1e-9),
+        "train_tokens_per_s": sum(lengths) / max(times["t_forward_backward"], 1e-9),
+    }
+    return record

@@ -1,0 +1,854 @@
+"""Rule-based verification of final answers: math expressions and multiple choice.
+
+Three layers:
+
+* pure extraction functions (``last_boxed``, ``extract_math_answer``,
+  ``extract_choice``): string scanning only, linear in the input length;
+* ``score_math`` / ``score_choice``: turn a completion and a gold answer into a
+  :class:`~srft.tasks.base.Score`. ``score_math`` compares with ``math_verify``
+  (sympy) *without* any timeout of its own, so on adversarial input it can run
+  for a very long time: call it directly only on trusted input;
+* :class:`Verifier`: scores batches in a pool of worker processes with a hard
+  per-sample deadline. A sample that runs past the deadline, or whose worker
+  dies, scores 0 (``info={"timeout": True}`` / ``info={"error": ...}``), the
+  worker is replaced, and nothing is raised to the caller.
+
+Which text is searched: when the completion contains ``</think>``, the text
+after the last ``</think>`` is searched first and the whole completion only if
+no answer is found there (``info["from_think"] = True`` then).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import time
+from collections import deque
+from decimal import Decimal, InvalidOperation
+from multiprocessing.connection import wait as _conn_wait
+
+from srft.tasks.base import Score
+
+__all__ = [
+    "Verifier",
+    "extract_choice",
+    "extract_math_answer",
+    "last_boxed",
+    "normalize_answer",
+    "score_choice",
+    "score_math",
+    "split_think",
+]
+
+log = logging.getLogger(__name__)
+
+# An extracted answer longer than this is not a final answer (the longest gold
+# in the benchmarks is a few hundred characters); it is scored 0 without sympy.
+MAX_ANSWER_CHARS = 2000
+
+# ---------------------------------------------------------------------------
+# extraction
+# ---------------------------------------------------------------------------
+
+_BOX_COMMANDS = ("\\boxed", "\\fbox")
+
+
+def split_think(text: str) -> tuple[str, str]:
+    """Return (reasoning, answer part): the text before and after the last ``</think>``.
+
+    Without ``</think>`` the reasoning is empty and the answer part is the whole text.
+    """
+    k = text.rfind("</think>")
+    if k < 0:
+        return "", text
+    return text[:k], text[k + len("</think>") :]
+
+
+def _brace_group(text: str, start: int) -> int:
+    """Index just past the ``}`` closing the ``{`` at ``text[start]``, or -1 if unclosed.
+
+    Escaped braces (``\\{``, ``\\}``) do not count.
+    """
+    depth = 0
+    i, n = start, len(text)
+    while i < n:
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return -1
+
+
+def _boxed_at(text: str, pos: int, cmd: str) -> str | None:
+    """Content of the box command starting at ``pos`` or None if malformed."""
+    i = pos + len(cmd)
+    n = len(text)
+    # \boxedfoo is another command, not \boxed
+    if i < n and text[i].isalpha():
+        return None
+    while i < n and text[i] in " \t":
+        i += 1
+    if i >= n:
+        return None
+    if text[i] == "{":
+        end = _brace_group(text, i)
+        if end < 0:
+            return None
+        return text[i + 1 : end - 1].strip()
+    # "\boxed 5": one token up to whitespace or a math delimiter
+    m = re.compile(r"[^\s$]+").match(text, i)
+    if m is None:
+        return None
+    tok = m.group(0)
+    if tok.startswith("\\") and not tok[1:2].isalpha():
+        return None
+    return tok.strip()
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last well-formed ``\\boxed{...}`` / ``\\fbox{...}`` in ``text``.
+
+    Nested braces are matched; an unclosed box (truncated output) is skipped in
+    favour of the previous one. Returns None when there is none (or it is empty).
+    """
+    end = len(text)
+    while True:
+        best, best_cmd = -1, None
+        for cmd in _BOX_COMMANDS:
+            k = text.rfind(cmd, 0, end)
+            if k > best:
+                best, best_cmd = k, cmd
+        if best < 0:
+            return None
+        content = _boxed_at(text, best, best_cmd)
+        if content:
+            return content
+        end = best
+
+
+# "The final answer is X", "the answer is: X", "Answer: X", "**Answer:** X".
+# Quantifiers are bounded so the scan stays linear on adversarial whitespace.
+_ANSWER_LINE = re.compile(
+    r"(?:final\s{1,3}answer|the\s{1,3}answer|answer)\s{0,3}(?:\*\*)?\s{0,3}(?:is\s{0,3}:?|:)(?:\*\*)?[ \t]{0,5}([^\n]+)",
+    re.IGNORECASE,
+)
+_HASH_LINE = re.compile(r"^[ \t]{0,8}####[ \t]{0,8}([^\n]+)", re.MULTILINE)
+
+
+def _clean_answer_line(ans: str) -> str | None:
+    ans = ans.strip()
+    # a box on the answer line wins
+    boxed = last_boxed(ans)
+    if boxed:
+        return boxed
+    for a, b in (("**", "**"), ("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        # strip one layer of markup around the whole line, or a trailing "$." etc.
+        if ans.startswith(a):
+            close = ans.find(b, len(a))
+            if close > 0:
+                ans = ans[len(a) : close]
+            else:
+                ans = ans[len(a) :]
+            ans = ans.strip()
+    ans = ans.rstrip(" .;,")
+    ans = ans.strip("*").strip()
+    if ans.endswith("$"):
+        ans = ans.rstrip("$").strip()
+    return ans or None
+
+
+def _extract_math_in(text: str) -> tuple[str | None, str]:
+    boxed = last_boxed(text)
+    if boxed is not None:
+        return boxed, "boxed"
+    best_pos, best = -1, None
+    for pat, how in ((_ANSWER_LINE, "answer_line"), (_HASH_LINE, "hash_line")):
+        last = None
+        for last in pat.finditer(text):
+            pass
+        if last is not None and last.start() > best_pos:
+            cand = _clean_answer_line(last.group(1))
+            if cand:
+                best_pos, best = last.start(), (cand, how)
+    if best is not None:
+        return best
+    return None, "none"
+
+
+def extract_math_answer(completion: str) -> tuple[str | None, str]:
+    """Final answer of a math completion and how it was found.
+
+    Order: the last ``\\boxed{}``/``\\fbox{}``; else the last "The answer is X" /
+    "Answer: X" / "#### X" line. Looks after ``</think>`` first, then in the
+    whole completion (``how`` is then prefixed with ``think:``).
+    Returns (answer or None, how) with how in {"boxed", "answer_line",
+    "hash_line", "none"}.
+    """
+    reasoning, tail = split_think(completion)
+    ans, how = _extract_math_in(tail)
+    if ans is None and reasoning:
+        ans, how = _extract_math_in(completion)
+        if ans is not None:
+            how = "think:" + how
+    return ans, how
+
+
+_LETTERS = "ABCDEFGHIJ"
+_DIGITS = "123456789"
+_TEXT_WRAP = re.compile(r"\\(?:text|textbf|mathrm|mathbf|textrm|mbox)\s{0,3}\{([^{}]{0,200})\}")
+
+
+def _labels_for(gold: str | None) -> str:
+    if gold is not None and gold.strip() and gold.strip()[0] in _DIGITS:
+        return _DIGITS
+    return _LETTERS
+
+
+def _choice_from_boxed(content: str, labels: str) -> str | None:
+    s = content
+    for _ in range(3):
+        s2 = _TEXT_WRAP.sub(r"\1", s)
+        if s2 == s:
+            break
+        s = s2
+    s = s.replace("$", "").strip().strip("*").strip()
+    cls = "[" + labels + "]"
+    m = re.match(r"\(?(" + cls + r")\)?(?:$|[\s.:),])", s)
+    if m:
+        return m.group(1)
+    return None
+
+
+def _choice_patterns(labels: str) -> list[re.Pattern]:
+    cls = "[" + labels + "]"
+    tail = r"(?![A-Za-z0-9])"
+    return [
+        # "the answer is (B)", "Answer: B", "correct option is **C**", "answer: \text{D}"
+        re.compile(
+            r"(?i:answer|option|choice)(?:\s{1,3}(?i:is))?\s{0,3}:?\s{0,3}(?:\*\*)?\s{0,3}(?:\\text\{)?\s{0,2}\(?("
+            + cls
+            + r")\)?"
+            + tail
+        ),
+        # a last line that is only the label: "B", "(B)", "**B**"
+        re.compile(r"^[ \t*]{0,5}\(?(" + cls + r")\)?[ \t*.]{0,5}$", re.MULTILINE),
+    ]
+
+
+_PATTERN_CACHE: dict[str, list[re.Pattern]] = {}
+
+
+def _extract_choice_in(text: str, labels: str) -> tuple[str | None, str]:
+    boxed = last_boxed(text)
+    if boxed is not None:
+        c = _choice_from_boxed(boxed, labels)
+        if c is not None:
+            return c, "boxed"
+    pats = _PATTERN_CACHE.get(labels)
+    if pats is None:
+        pats = _PATTERN_CACHE[labels] = _choice_patterns(labels)
+    for pat, how in zip(pats, ("answer_line", "label_line")):
+        last = None
+        for last in pat.finditer(text):
+            pass
+        if last is not None:
+            return last.group(1), how
+    return None, "none"
+
+
+def extract_choice(completion: str, labels: str = _LETTERS) -> tuple[str | None, str]:
+    """The chosen option label (``A``-``J``, or ``1``-``9`` with ``labels="123456789"``).
+
+    Sources, in order: the last ``\\boxed{}`` (``B``, ``(B)``, ``B) text``,
+    ``\\text{B}``); the last "answer is (B)" / "Answer: B" phrase; a last line
+    holding only the label. Looks after ``</think>`` first.
+    """
+    reasoning, tail = split_think(completion)
+    c, how = _extract_choice_in(tail, labels)
+    if c is None and reasoning:
+        c, how = _extract_choice_in(completion, labels)
+        if c is not None:
+            how = "think:" + how
+    return c, how
+
+
+# ---------------------------------------------------------------------------
+# scoring
+# ---------------------------------------------------------------------------
+
+_SPACING = re.compile(r"\\[,;:! ]|\\left|\\right|\\displaystyle|\s+")
+_PLAIN_NUMBER = re.compile(r"[+-]?\d+(?:\.\d*)?|[+-]?\.\d+")
+
+
+def _strip_math_delims(s: str) -> str:
+    s = s.strip()
+    for a, b in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        if len(s) >= len(a) + len(b) and s.startswith(a) and s.endswith(b):
+            s = s[len(a) : len(s) - len(b)].strip()
+    return s
+
+
+def normalize_answer(s: str) -> str:
+    """A light, conservative string normal form used only to accept exact matches fast.
+
+    Removes math delimiters, whitespace and spacing commands, ``\\left``/``\\right``,
+    maps ``\\dfrac``/``\\tfrac`` to ``\\frac`` and drops a trailing period.
+    """
+    s = _strip_math_delims(s)
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    s = _SPACING.sub("", s)
+    s = s.rstrip(".")
+    return s
+
+
+# a number written in a base: 52_8, 4210_{5}
+_BASE_NUMBER = re.compile(r"(\d[0-9A-Za-z]*)_\{?(\d+)\}?")
+_REL_TOL = Decimal("1e-6")
+
+
+def _fast_compare(pred: str, gold: str) -> bool | None:
+    """True/False when the answer can be decided without sympy, else None."""
+    p, g = normalize_answer(pred), normalize_answer(gold)
+    if p == g and p:
+        return True
+    if len(p) > 60 or len(g) > 60:
+        return None
+    gb = _BASE_NUMBER.fullmatch(g)
+    if gb:
+        # math_verify drops the subscript: compare digits and base ourselves; the
+        # base may be left out of the prediction
+        pb = _BASE_NUMBER.fullmatch(p)
+        if pb:
+            return pb.group(1).upper() == gb.group(1).upper() and int(pb.group(2)) == int(gb.group(2))
+        return p.upper() == gb.group(1).upper()
+    if _PLAIN_NUMBER.fullmatch(p) and _PLAIN_NUMBER.fullmatch(g):
+        try:
+            dp, dg = Decimal(p), Decimal(g)
+        except InvalidOperation:  # pragma: no cover - the regex guarantees a number
+            return None
+        if dp == dg:
+            return True
+        if dp == dp.to_integral_value() and dg == dg.to_integral_value():
+            return False
+        # decimals: equal up to a relative 1e-6 (math_verify rounds to 6 decimal
+        # places, which makes 0.0000672 equal to 0.0000673)
+        return abs(dp - dg) <= _REL_TOL * max(abs(dp), abs(dg))
+    return None
+
+
+_MV = None
+
+
+def _math_verify():
+    """Import math_verify lazily (it imports sympy, which takes a second)."""
+    global _MV
+    if _MV is None:
+        import math_verify
+        from math_verify import LatexExtractionConfig
+
+        # math_verify warns once that its own timeouts are off: that is on purpose here.
+        logging.getLogger("math_verify").setLevel(logging.ERROR)
+        # The answer is extracted already and handed over boxed: read only the box
+        # (no search for loose sub-expressions, which would compare a fragment).
+        cfg = [LatexExtractionConfig(boxed_match_priority=0, try_extract_without_anchor=False)]
+        _MV = (math_verify, cfg)
+    return _MV
+
+
+def _parse_answer(s: str):
+    mv, cfg = _math_verify()
+    s = _strip_math_delims(s)
+    # the text is already one extracted answer: box it so the whole of it is read as LaTeX
+    return mv.parse("\\boxed{" + s + "}", extraction_config=cfg, parsing_timeout=None)
+
+
+def verify_math_answers(pred: str, gold: str) -> bool:
+    """Equivalence of two extracted answers by math_verify (sympy). No timeout of its own."""
+    fast = _fast_compare(pred, gold)
+    if fast is not None:
+        return fast
+    return sympy_equal(pred, gold)
+
+
+def sympy_equal(pred: str, gold: str) -> bool:
+    """math_verify's verdict alone (no string/number shortcut). No timeout of its own."""
+    mv, _ = _math_verify()
+    g = _parse_answer(gold)
+    p = _parse_answer(pred)
+    if not g or not p:
+        return False
+    return bool(mv.verify(g, p, timeout_seconds=None))
+
+
+def _no_answer(how: str = "none") -> Score:
+    return Score(reward=0.0, extracted=None, format_ok=False, correct=False, info={"how": how})
+
+
+def _verdict(extracted: str, correct: bool, info: dict) -> Score:
+    return Score(
+        reward=1.0 if correct else 0.0, extracted=extracted, format_ok=True, correct=bool(correct), info=info
+    )
+
+
+def score_math(completion: str, gold: str) -> Score:
+    """Score a math completion against a gold answer (LaTeX or plain).
+
+    reward 1 iff an answer is extracted (see :func:`extract_math_answer`) and
+    math_verify finds it equivalent to ``gold``. No timeout: use
+    :class:`Verifier` on untrusted completions.
+    """
+    extracted, how = extract_math_answer(completion)
+    if extracted is None:
+        return _no_answer(how)
+    info = {"how": how}
+    if len(extracted) > MAX_ANSWER_CHARS:
+        return _verdict(extracted[:200], False, {**info, "too_long": True})
+    try:
+        ok = verify_math_answers(extracted, gold)
+    except Exception as e:  # math_verify normally swallows its errors; be sure
+        return _verdict(extracted, False, {**info, "error": repr(e)[:300]})
+    return _verdict(extracted, ok, info)
+
+
+def score_choice(completion: str, gold: str) -> Score:
+    """Score a multiple-choice completion against a gold label (``A``-``J`` or ``1``-``9``)."""
+    g = gold.strip().strip("()").strip().upper()
+    labels = _labels_for(g)
+    extracted, how = extract_choice(completion, labels)
+    if extracted is None:
+        return _no_answer(how)
+    return _verdict(extracted, extracted == g, {"how": how})
+
+
+_CHOICE_GOLD = re.compile(r"\(?[A-J]\)?")
+
+
+def _is_choice_gold(gold: str) -> bool:
+    return bool(_CHOICE_GOLD.fullmatch(gold.strip()))
+
+
+# ---------------------------------------------------------------------------
+# the process pool
+# ---------------------------------------------------------------------------
+
+
+class _SoftTimeout(BaseException):
+    """Raised by the worker's interval timer; a BaseException so that no library swallows it."""
+
+
+def _on_alarm(signum, frame):  # pragma: no cover - runs in the worker
+    raise _SoftTimeout()
+
+
+def _worker_main(conn, soft_timeout_s: float, memory_limit_mb: int | None) -> None:  # pragma: no cover
+    """Worker loop: receive (job_id, pred, gold), answer (job_id, status, value)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if memory_limit_mb:
+        try:
+            import resource
+
+            lim = int(memory_limit_mb) * 1024 * 1024
+            resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
+        except (ImportError, ValueError, OSError):
+            pass
+    _math_verify()  # pay the sympy import before saying ready
+    use_timer = soft_timeout_s and soft_timeout_s > 0 and hasattr(signal, "setitimer")
+    if use_timer:
+        signal.signal(signal.SIGALRM, _on_alarm)
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:
+            return
+        job_id, pred, gold = msg
+        try:
+            if use_timer:
+                signal.setitimer(signal.ITIMER_REAL, soft_timeout_s)
+            try:
+                out = ("ok", verify_math_answers(pred, gold))
+            finally:
+                if use_timer:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+        except _SoftTimeout:
+            out = ("timeout", None)
+        except MemoryError:
+            out = ("error", "MemoryError")
+        except Exception as e:
+            out = ("error", repr(e)[:300])
+        try:
+            conn.send((job_id, *out))
+        except (EOFError, OSError):
+            return
+
+
+def _worker_entry() -> None:  # pragma: no cover - runs in the worker process
+    """``python -c`` entry point of a worker: argv = [fd, soft_timeout_s, memory_limit_mb]."""
+    import sys
+    from multiprocessing.connection import Connection
+
+    fd, soft, mem = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+    _worker_main(Connection(int(fd)), soft, mem or None)
+
+
+def _worker_env() -> dict:
+    """The parent's environment, with the directory holding ``srft`` first on PYTHONPATH."""
+    import srft
+
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(srft.__file__)))
+    old = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = root if not old else root + os.pathsep + old
+    # one sympy per worker: no thread pools inside
+    for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env.setdefault(k, "1")
+    return env
+
+
+class _Worker:
+    """One worker: a fresh interpreter (``python -c``) talking over a socket pair.
+
+    A plain subprocess rather than ``multiprocessing.Process``: it never
+    re-imports the caller's ``__main__`` (scripts without a main guard,
+    notebooks, ``python -c`` all work) and never forks a process holding
+    torch threads.
+    """
+
+    __slots__ = ("proc", "conn", "ready", "job", "deadline", "started")
+
+    def __init__(self, soft_timeout_s: float, memory_limit_mb: int | None, env: dict):
+        import socket
+        import subprocess
+        import sys
+        from multiprocessing.connection import Connection
+
+        ours, theirs = socket.socketpair()
+        try:
+            fd = theirs.fileno()
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    "from srft.rewards.math import _worker_entry; _worker_entry()",
+                    str(fd),
+                    repr(float(soft_timeout_s)),
+                    str(int(memory_limit_mb or 0)),
+                ],
+                pass_fds=(fd,),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                env=env,
+                close_fds=True,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.conn = Connection(ours.detach())
+        self.ready = False
+        self.job = None  # (index, pred, gold, how)
+        self.deadline = 0.0
+        self.started = time.monotonic()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def exitcode(self) -> int | None:
+        try:
+            return self.proc.wait(timeout=1)
+        except Exception:
+            return self.proc.poll()
+
+    def kill(self) -> None:
+        try:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait(timeout=5)
+        except Exception:  # pragma: no cover
+            pass
+        try:
+            self.conn.close()
+        except Exception:  # pragma: no cover
+            pass
+
+
+class Verifier:
+    """Batch scoring with a hard per-sample timeout, in worker processes.
+
+    ``kind``: ``"math"`` (math_verify), ``"choice"`` (option letter) or
+    ``"auto"`` (choice when the gold is a single letter A-J, else math).
+    Choice scoring and answers decidable by string/number comparison are done
+    in the calling process (linear-time string work only); everything that
+    needs sympy goes to a worker. Each sample sent to a worker has
+    ``timeout_s`` seconds from dispatch: past that, the worker is killed and
+    replaced and the sample scores 0 with ``info["timeout"] = True``. A worker
+    that dies scores its sample 0 with ``info["error"]``. Workers also
+    interrupt themselves after ``0.8 * timeout_s`` where Python code can be
+    interrupted, which keeps them alive in the common slow-sympy case.
+
+    ``score_batch`` never raises for bad completions, hangs or crashes (only
+    for a caller error such as lists of different lengths).
+    """
+
+    def __init__(
+        self,
+        kind: str = "auto",
+        workers: int = 2,
+        timeout_s: float = 5.0,
+        *,
+        memory_limit_mb: int | None = 3072,
+        startup_timeout_s: float = 120.0,
+    ):
+        if kind not in ("math", "choice", "auto"):
+            raise ValueError(f"kind must be 'math', 'choice' or 'auto', not {kind!r}")
+        if workers < 1:
+            raise ValueError("workers must be >= 1")
+        if timeout_s <= 0:
+            raise ValueError("timeout_s must be > 0")
+        self.kind = kind
+        self.n_workers = int(workers)
+        self.timeout_s = float(timeout_s)
+        self.memory_limit_mb = memory_limit_mb
+        self.startup_timeout_s = float(startup_timeout_s)
+        self._env: dict | None = None
+        self._workers: list[_Worker] = []
+        self._closed = False
+        self.n_timeouts = 0
+        self.n_errors = 0
+        self.n_restarts = 0
+        self.n_in_process = 0
+        self.n_in_pool = 0
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def __enter__(self) -> "Verifier":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def close(self) -> None:
+        """Stop the workers. Idempotent."""
+        self._closed = True
+        workers, self._workers = self._workers, []
+        for w in workers:
+            try:
+                if w.job is None and w.alive():
+                    w.conn.send(None)
+            except Exception:
+                pass
+        deadline = time.monotonic() + 2.0
+        for w in workers:
+            try:
+                w.proc.wait(timeout=max(0.01, deadline - time.monotonic()))
+            except Exception:
+                pass
+            w.kill()
+
+    def _spawn(self) -> _Worker | None:
+        try:
+            if self._env is None:
+                self._env = _worker_env()
+            return _Worker(0.8 * self.timeout_s, self.memory_limit_mb, self._env)
+        except Exception as e:  # pragma: no cover - cannot start processes at all
+            log.error("verifier: cannot start a worker: %r", e)
+            return None
+
+    def _ensure_workers(self) -> None:
+        alive = []
+        for w in self._workers:
+            if w.alive() or w.job is not None:
+                alive.append(w)
+            else:  # died while idle
+                w.kill()
+                self.n_restarts += 1
+        self._workers = alive
+        while len(self._workers) < self.n_workers:
+            w = self._spawn()
+            if w is None:
+                break
+            self._workers.append(w)
+
+    # -- scoring -----------------------------------------------------------
+
+    def _kind_for(self, gold: str, kind: str | None) -> str:
+        k = kind or self.kind
+        if k == "auto":
+            return "choice" if _is_choice_gold(gold) else "math"
+        return k
+
+    def score(self, completion: str, gold: str, kind: str | None = None) -> Score:
+        return self.score_batch([completion], [gold], kinds=None if kind is None else [kind])[0]
+
+    def score_batch(
+        self, completions: list[str], golds: list[str], kinds: list[str | None] | None = None
+    ) -> list[Score]:
+        """Score ``completions[i]`` against ``golds[i]``; ``kinds[i]`` overrides the verifier's kind."""
+        if len(completions) != len(golds):
+            raise ValueError(f"{len(completions)} completions but {len(golds)} gold answers")
+        if kinds is not None and len(kinds) != len(golds):
+            raise ValueError(f"{len(kinds)} kinds for {len(golds)} gold answers")
+        results: list[Score | None] = [None] * len(golds)
+        jobs: deque = deque()
+        for i, (c, g) in enumerate(zip(completions, golds)):
+            try:
+                c = "" if c is None else str(c)
+                g = "" if g is None else str(g)
+                k = self._kind_for(g, kinds[i] if kinds is not None else None)
+                if k == "choice":
+                    results[i] = score_choice(c, g)
+                    self.n_in_process += 1
+                    continue
+                extracted, how = extract_math_answer(c)
+                if extracted is None:
+                    results[i] = _no_answer(how)
+                    self.n_in_process += 1
+                elif len(extracted) > MAX_ANSWER_CHARS:
+                    results[i] = _verdict(extracted[:200], False, {"how": how, "too_long": True})
+                    self.n_in_process += 1
+                else:
+                    fast = _fast_compare(extracted, g)
+                    if fast is not None:
+                        results[i] = _verdict(extracted, fast, {"how": how})
+                        self.n_in_process += 1
+                    else:
+                        jobs.append((i, extracted, g, how))
+            except Exception as e:  # pragma: no cover - extraction is plain string work
+                self.n_errors += 1
+                results[i] = Score(0.0, None, False, False, {"error": repr(e)[:300]})
+        if jobs:
+            self.n_in_pool += len(jobs)
+            try:
+                self._run(jobs, results)
+            except Exception as e:  # pragma: no cover - last line of defence
+                log.error("verifier: pool failure: %r", e)
+                for j in list(jobs):
+                    i, extracted, _, how = j
+                    if results[i] is None:
+                        self.n_errors += 1
+                        results[i] = _verdict(extracted, False, {"how": how, "error": f"pool failure: {e!r}"[:300]})
+                for w in self._workers:
+                    w.kill()
+                self._workers = []
+        for i, r in enumerate(results):
+            if r is None:  # pragma: no cover - defensive
+                self.n_errors += 1
+                results[i] = Score(0.0, None, False, False, {"error": "not scored"})
+        return results  # type: ignore[return-value]
+
+    def _fail(self, job, results, info: dict) -> None:
+        i, extracted, _, how = job
+        results[i] = _verdict(extracted, False, {"how": how, **info})
+
+    def _run(self, jobs: deque, results: list) -> None:
+        if self._closed:
+            # a closed verifier reopens on demand
+            self._closed = False
+        self._ensure_workers()
+        failed_starts = 0
+        while jobs or any(w.job is not None for w in self._workers):
+            now = time.monotonic()
+            # hand out work
+            for w in self._workers:
+                if jobs and w.ready and w.job is None:
+                    job = jobs.popleft()
+                    try:
+                        w.conn.send((job[0], job[1], job[2]))
+                    except (OSError, EOFError, ValueError):
+                        jobs.appendleft(job)  # not the sample's fault: retry it elsewhere
+                        w.ready = False
+                        w.kill()
+                        continue
+                    w.job = job
+                    w.deadline = now + self.timeout_s
+            # wait for an answer, a ready message or a death
+            waitables = [w.conn for w in self._workers]
+            if not waitables:
+                failed_starts += 1
+                if failed_starts > 3:
+                    while jobs:
+                        self.n_errors += 1
+                        self._fail(jobs.popleft(), results, {"error": "no verifier worker could be started"})
+                    return
+                self._ensure_workers()
+                continue
+            deadlines = [w.deadline for w in self._workers if w.job is not None]
+            deadlines += [w.started + self.startup_timeout_s for w in self._workers if not w.ready]
+            wait_s = max(0.0, min(deadlines) - now) if deadlines else 1.0
+            ready_conns = _conn_wait(waitables, timeout=min(wait_s, 5.0))
+            by_conn = {id(w.conn): w for w in self._workers}
+            dead: list[_Worker] = []
+            for conn in ready_conns:
+                w = by_conn.get(id(conn))
+                if w is None:
+                    continue
+                try:
+                    msg = conn.recv()
+                except (EOFError, OSError):
+                    dead.append(w)
+                    continue
+                if not w.ready:
+                    if isinstance(msg, tuple) and msg and msg[0] == "ready":
+                        w.ready = True
+                        failed_starts = 0
+                    continue
+                if w.job is None:  # pragma: no cover - stray message
+                    continue
+                job, w.job = w.job, None
+                _, status, value = msg
+                i, extracted, _, how = job
+                if status == "ok":
+                    results[i] = _verdict(extracted, bool(value), {"how": how})
+                elif status == "timeout":
+                    self.n_timeouts += 1
+                    self._fail(job, results, {"timeout": True})
+                else:
+                    self.n_errors += 1
+                    self._fail(job, results, {"error": str(value)})
+            now = time.monotonic()
+            for w in self._workers:
+                if w in dead:
+                    continue
+                if w.job is not None and now > w.deadline:
+                    self.n_timeouts += 1
+                    self._fail(w.job, results, {"timeout": True})
+                    w.job = None
+                    dead.append(w)
+                elif not w.ready and now > w.started + self.startup_timeout_s:
+                    dead.append(w)
+            for w in dead:
+                if w.job is not None:
+                    self.n_errors += 1
+                    code = w.exitcode()
+                    self._fail(w.job, results, {"error": f"verifier worker died (exit code {code})"})
+                    w.job = None
+                elif not w.ready:
+                    failed_starts += 1
+                w.kill()
+                self.n_restarts += 1
+            if dead:
+                self._workers = [w for w in self._workers if w not in dead]
+                if failed_starts > 3:
+                    while jobs:
+                        self.n_errors += 1
+                        self._fail(jobs.popleft(), results, {"error": "no verifier worker could be started"})
+                    continue
+                self._ensure_workers()

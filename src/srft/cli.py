@@ -107,7 +107,7 @@ def cmd_evaluate(args) -> int:
         rows = task.generate(split, args.n, args.data_seed)
         examples, _ = encode_rows(rows, tok, data_cfg, name=split)
         res = evaluate_prompts(engine, tok, [e.prompt_ids for e in examples], [e.answer for e in examples],
-                               task.verify, k=args.k, temperature=args.temperature,
+                               task, k=args.k, temperature=args.temperature,
                                max_new_tokens=args.max_new_tokens, keep_completions=bool(args.out))
         results["splits"][split] = res
         print(f"{split:<10} avg@{args.k} {res[f'avg@{args.k}']:.3f}  pass@{args.k} {res[f'pass@{args.k}']:.3f}  "

@@ -50,9 +50,15 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    task: str = _f("addition", "Built-in task name, 'module:Class', or 'path/to/file.py:Class'.")
-    train_size: int = _f(4000, "Training prompts generated from the task (built-in/plugin tasks).")
-    test_size: int = _f(128, "Prompts in each test split (test_id, test_ood) for evaluation.")
+    task: str = _f("addition", "Built-in task name, 'module:Class', 'path/to/file.py:Class', or 'file' (data files below).")
+    train_file: Optional[str] = _f(None, "With task=file: training data, .parquet or .jsonl (verl/LUFFY or flat schema).")
+    test_id_file: Optional[str] = _f(None, "With task=file: in-distribution evaluation data (optional).")
+    test_ood_file: Optional[str] = _f(None, "With task=file: out-of-distribution evaluation data (optional).")
+    reward: Literal["auto", "math", "choice"] = _f("auto", "With task=file: the verifier; auto = choice for one-letter answers, else math.")
+    verifier_workers: int = _f(2, "With task=file: verifier processes.")
+    verifier_timeout: float = _f(5.0, "With task=file: seconds per verification before it scores 0.")
+    train_size: int = _f(4000, "Training prompts: generated (built-in/plugin tasks); for files, a random subset of this many (0 = all).")
+    test_size: int = _f(128, "Prompts in each test split for evaluation (for files: a random subset, 0 = all).")
     seed: int = _f(1234, "Seed of the task's instance generator.")
     max_prompt_tokens: int = _f(64, "Prompts longer than this are dropped (counted in the data summary).")
     max_response_tokens: int = _f(96, "Maximum response length: rollouts stop here; demonstrations over it are handled by 'too_long'.")

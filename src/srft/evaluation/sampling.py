@@ -6,8 +6,6 @@ The same function serves the periodic evaluation during training and ``srft eval
 from __future__ import annotations
 
 import math
-from typing import Callable
-
 from srft.rollout.engine import RolloutEngine
 
 
@@ -25,7 +23,7 @@ def evaluate_prompts(
     tokenizer,
     prompt_ids: list[list[int]],
     answers: list[str],
-    verify: Callable,
+    task,
     *,
     k: int,
     temperature: float,
@@ -33,19 +31,25 @@ def evaluate_prompts(
     top_p: float = 1.0,
     keep_completions: bool = False,
 ) -> dict:
-    """Sample k responses per prompt, verify them, and aggregate.
+    """Sample k responses per prompt, verify them with ``task``'s verifier, and aggregate.
 
     Returns {"avg@k": mean accuracy over all samples, "pass@k": mean unbiased pass@k,
     "n_prompts", "k", "temperature", "mean_len", "format_ok"} and, if asked, "samples":
     per prompt the completions and their rewards.
     """
+    from srft.tasks.base import verify_all
+
     responses = engine.generate(prompt_ids, k, max_new_tokens, temperature, top_p)
+    flat_texts = [tokenizer.decode(r, skip_special_tokens=True) for resp_k in responses for r in resp_k]
+    flat_scores = verify_all(task, flat_texts, [a for a, resp_k in zip(answers, responses) for _ in resp_k])
     total, correct_all, fmt, length = 0, 0.0, 0, 0
     pass_sum = 0.0
     samples = []
+    pos = 0
     for resp_k, answer in zip(responses, answers):
-        texts = [tokenizer.decode(r, skip_special_tokens=True) for r in resp_k]
-        scores = [verify(t, answer) for t in texts]
+        texts = flat_texts[pos:pos + len(resp_k)]
+        scores = flat_scores[pos:pos + len(resp_k)]
+        pos += len(resp_k)
         c = sum(1 for s in scores if s.reward > 0)
         correct_all += sum(s.reward for s in scores)
         fmt += sum(1 for s in scores if s.format_ok)

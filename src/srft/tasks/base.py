@@ -40,3 +40,11 @@ class Task(Protocol):
     def generate(self, split: str, n: int, seed: int) -> list[dict]: ...
 
     def verify(self, completion: str, answer: str) -> Score: ...
+
+
+def verify_all(task: Task, completions: list[str], answers: list[str]) -> list[Score]:
+    """Score many completions: in one batch when the task has ``verify_batch`` (e.g. a process pool)."""
+    batch = getattr(task, "verify_batch", None)
+    if callable(batch):
+        return batch(completions, answers)
+    return [task.verify(c, a) for c, a in zip(completions, answers)]

@@ -48,11 +48,22 @@ from srft.models.loading import load_model_and_tokenizer, wrap_model
 from srft.objective import TERMS, agg_loss, group_advantages, token_logprobs_and_entropy, token_losses
 from srft.rollout.engine import HFEngine
 from srft.tasks import get_task
+from srft.tasks.base import verify_all
+from srft.tasks.files import FileTask
 from srft.training.checkpoint import has_checkpoint, load_trainer_state, save_checkpoint, set_rng_state
 from srft.training.data import Example, encode_rows
 from srft.training.metrics import MetricsLog, timed
 
 TEST_SPLITS = ("test_id", "test_ood")
+
+
+def make_task(cfg: Config):
+    """The task of ``data.task``: built-in, plugin, or data files (``file``)."""
+    d = cfg.data
+    if d.task == "file":
+        return FileTask(d.train_file, {"test_id": d.test_id_file, "test_ood": d.test_ood_file}, d.reward,
+                        d.verifier_workers, d.verifier_timeout)
+    return get_task(d.task)
 
 
 def make_run_dir(cfg: Config) -> Path:
@@ -139,7 +150,7 @@ def evaluate_splits(engine, tokenizer, task, tests: dict[str, list[Example]], cf
     out = {}
     for split, examples in tests.items():
         res = evaluate_prompts(engine, tokenizer, [e.prompt_ids for e in examples], [e.answer for e in examples],
-                               task.verify, k=cfg.run.eval_k, temperature=cfg.run.eval_temperature,
+                               task, k=cfg.run.eval_k, temperature=cfg.run.eval_temperature,
                                max_new_tokens=cfg.data.max_response_tokens)
         res["acc"] = res[f"avg@{cfg.run.eval_k}"]
         out[split] = res
@@ -160,7 +171,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
     say = print if cfg.run.progress else (lambda *a, **k: None)
 
     # ---- task, model, data: every check before the first step
-    task = get_task(cfg.data.task)
+    task = make_task(cfg)
     model, tokenizer, model_path = load_model_and_tokenizer(cfg.model, task_name=cfg.data.task,
                                                             progress=cfg.run.progress)
     device = next(model.parameters()).device
@@ -169,7 +180,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
                                     need_demo=cfg.objective.demonstrations)
     say(report.summary("train"))
     tests = {}
-    for split in TEST_SPLITS:
+    for split in getattr(task, "test_splits", TEST_SPLITS):
         rows = task.generate(split, cfg.data.test_size, cfg.data.seed)
         tests[split], rep = encode_rows(rows, tokenizer, cfg.data, name=split)
         if rep.kept < rep.total:
@@ -272,6 +283,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
     tokenizer.save_pretrained(run_dir / "model")
     history = eval_log.read()
     before = history[0]
+    splits = list(tests)
     summary = {
         "method": cfg.run.method,
         "task": cfg.data.task,
@@ -280,19 +292,19 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
         "k": cfg.run.eval_k,
         "temperature": cfg.run.eval_temperature,
         "metric": f"avg@{cfg.run.eval_k}",
-        "before": {s: before[s]["acc"] for s in TEST_SPLITS},
-        "after": {s: final[s]["acc"] for s in TEST_SPLITS},
-        "pass@k_before": {s: before[s][f"pass@{cfg.run.eval_k}"] for s in TEST_SPLITS},
-        "pass@k_after": {s: final[s][f"pass@{cfg.run.eval_k}"] for s in TEST_SPLITS},
-        "n_prompts": {s: final[s]["n_prompts"] for s in TEST_SPLITS},
-        "history": [{"step": h["step"], **{s: h[s]["acc"] for s in TEST_SPLITS}} for h in history],
+        "before": {s: before[s]["acc"] for s in splits},
+        "after": {s: final[s]["acc"] for s in splits},
+        "pass@k_before": {s: before[s][f"pass@{cfg.run.eval_k}"] for s in splits},
+        "pass@k_after": {s: final[s][f"pass@{cfg.run.eval_k}"] for s in splits},
+        "n_prompts": {s: final[s]["n_prompts"] for s in splits},
+        "history": [{"step": h["step"], **{s: h[s]["acc"] for s in splits}} for h in history],
     }
     records = log.read()
     summary["train_time_s"] = sum(r["t_step"] for r in records)
     (run_dir / "eval.json").write_text(json.dumps(summary, indent=2))
     if cfg.run.plots:
         from srft.training.plots import plot_run
-        plot_run(records, [{"step": h["step"], **{s: h[s] for s in TEST_SPLITS}} for h in history], run_dir)
+        plot_run(records, [{"step": h["step"], **{s: h[s] for s in splits}} for h in history], run_dir)
     say(summary_table(summary, records, run_dir))
     return run_dir
 
@@ -309,7 +321,7 @@ def summary_table(summary: dict, records: list[dict], run_dir: Path) -> str:
         f"{summary['method']} on {summary['task']}: {summary['steps']} steps in {summary['train_time_s']:.0f} s",
         f"{'split':<10} {'before':>8} {'after':>8}   (avg@{k}, temperature {summary['temperature']})",
     ]
-    for s in TEST_SPLITS:
+    for s in summary["before"]:
         lines.append(f"{s:<10} {summary['before'][s]:>8.3f} {summary['after'][s]:>8.3f}")
     if records:
         last = records[-10:]
@@ -350,7 +362,7 @@ def train_step(cfg: Config, step: int, model, ref_model, engine, tokenizer, task
             answers.append(ex.answer)
     with timed("score", times):
         texts = [tokenizer.decode(r, skip_special_tokens=True) for _, r in seqs]
-        scores = [task.verify(t, a) for t, a in zip(texts, answers)]
+        scores = verify_all(task, texts, answers)
     rewards_N = torch.tensor([s.reward for s in scores], dtype=torch.float32)
     is_demo_N = torch.tensor(is_demo)
     group_N = torch.tensor(groups)

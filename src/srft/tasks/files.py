@@ -1,0 +1,72 @@
+"""A task backed by data files (parquet or jsonl, verl/LUFFY or flat schema) and a math verifier.
+
+Used when ``data.task=file``: the train split comes from ``data.train_file``, the test splits
+from ``data.test_id_file`` / ``data.test_ood_file`` (either may be absent), and rewards from
+:class:`srft.rewards.Verifier` (math-verify in a process pool with a hard timeout per sample).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from srft.tasks.base import Score
+
+
+class FileTask:
+    name = "file"
+
+    def __init__(self, train_file: str | None, test_files: dict[str, str | None] | None = None,
+                 reward: str = "auto", workers: int = 2, timeout_s: float = 5.0):
+        from srft.data.loading import DataError
+
+        self.files = {"train": train_file, **(test_files or {})}
+        for split, path in self.files.items():
+            if path is not None and not Path(path).exists():
+                raise DataError(f"data file for split '{split}' does not exist: {path}")
+        if train_file is None:
+            raise DataError("data.task=file needs data.train_file (a .parquet or .jsonl file)")
+        self.test_splits = tuple(s for s, p in self.files.items() if s != "train" and p is not None)
+        self.reward = reward
+        self.workers = workers
+        self.timeout_s = timeout_s
+        self._rows: dict[str, list[dict]] = {}
+        self._verifier = None
+
+    def _load(self, split: str) -> list[dict]:
+        from srft.data.loading import load_rows
+
+        if split not in self._rows:
+            path = self.files.get(split)
+            if path is None:
+                raise ValueError(f"no data file for split '{split}'")
+            self._rows[split] = load_rows(path)
+        return self._rows[split]
+
+    def generate(self, split: str, n: int, seed: int) -> list[dict]:
+        """The split's rows; with 0 < n < rows, a seeded random subset of n of them."""
+        rows = self._load(split)
+        if 0 < n < len(rows):
+            idx = sorted(random.Random(seed).sample(range(len(rows)), n))
+            return [rows[i] for i in idx]
+        return list(rows)
+
+    @property
+    def verifier(self):
+        if self._verifier is None:
+            from srft.rewards import Verifier
+
+            self._verifier = Verifier(kind=self.reward, workers=self.workers, timeout_s=self.timeout_s)
+        return self._verifier
+
+    def verify(self, completion: str, answer: str) -> Score:
+        return self.verifier.score_batch([completion], [answer])[0]
+
+    def verify_batch(self, completions: list[str], answers: list[str]) -> list[Score]:
+        return self.verifier.score_batch(completions, answers)
+
+    def close(self) -> None:
+        if self._verifier is not None:
+            self._verifier.close()
+            self._verifier = None
+

@@ -14,7 +14,7 @@ def tiny_model_dir(tmp_path_factory):
     tok = build_char_tokenizer()
     torch.manual_seed(0)
     config = Qwen2Config(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=256,
+                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=4096,
                          pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                          bos_token_id=tok.bos_token_id, tie_word_embeddings=True)
     Qwen2ForCausalLM(config).save_pretrained(path)

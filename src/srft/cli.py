@@ -2,6 +2,7 @@
 
     srft train [--preset NAME | --config FILE] [section.key=value ...] [--resume RUN_DIR]
     srft evaluate [--model DIR] [--task NAME] [--split test_id] [--k 8] ...
+    srft benchmark --model DIR --files math.parquet arc_c.parquet [--protocol paper]
     srft build-base [--task NAME] [--seed N] [--out DIR]
     srft export --task NAME --split train --n 1000 --out FILE.parquet
     srft config [--preset NAME] [section.key=value ...]   (print the resolved config; --keys for every key)
@@ -118,6 +119,43 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_benchmark(args) -> int:
+    import dataclasses
+
+    import torch
+
+    from srft.config import ModelConfig
+    from srft.data.loading import load_rows
+    from srft.evaluation.benchmarks import PROTOCOLS, dedupe, format_table, limit_per_benchmark, run_benchmarks
+    from srft.models.loading import load_model_and_tokenizer
+    from srft.rewards import Verifier
+    from srft.rollout.engine import HFEngine
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    protocol = dataclasses.replace(PROTOCOLS[args.protocol])
+    if args.max_new_tokens:
+        protocol.max_new_tokens = args.max_new_tokens
+    if args.temperature is not None:
+        protocol.temperature = args.temperature
+    rows = []
+    for f in args.files:
+        rows.extend(load_rows(f))
+    rows = limit_per_benchmark(dedupe(rows), args.limit)
+    model, tok, path = load_model_and_tokenizer(ModelConfig(path=args.model, device=args.device, dtype=args.dtype))
+    engine = HFEngine(model, tok.pad_token_id, tok.eos_token_id, max_batch=args.batch)
+    with Verifier(kind="auto", workers=args.verifier_workers, timeout_s=args.verifier_timeout) as verifier:
+        summary, records = run_benchmarks(engine, tok, rows, verifier, protocol, template=args.template)
+        summary["verifier_timeouts"] = verifier.n_timeouts
+    summary.update(model=str(path), protocol=dataclasses.asdict(protocol), files=args.files)
+    print(format_table(summary))
+    if args.out:
+        Path(args.out).write_text(json.dumps({"summary": summary, "records": records}, indent=1))
+        print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="srft", description=__doc__.split("\n\n")[0] if __doc__ else None,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -149,6 +187,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write every completion and its score to this JSON file")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("benchmark", help="evaluate a model on benchmark files with the paper's protocol")
+    p.add_argument("--model", default=None, help="model directory (default: the built-in base model)")
+    p.add_argument("--files", nargs="+", required=True, help="benchmark .parquet/.jsonl files (verl/LUFFY schema)")
+    p.add_argument("--protocol", default="paper", choices=["paper", "quick"],
+                   help="paper: temperature 0.6, avg@32 on AIME/AMC, pass@1 elsewhere, 8192 tokens")
+    p.add_argument("--limit", type=int, default=0, help="at most this many questions per benchmark (0 = all)")
+    p.add_argument("--max-new-tokens", type=int, default=0, help="override the protocol's response limit")
+    p.add_argument("--temperature", type=float, default=None, help="override the protocol's temperature")
+    p.add_argument("--template", default="auto", choices=["auto", "plain", "chat", "reasoning"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--batch", type=int, default=64, help="sequences per generate call")
+    p.add_argument("--verifier-workers", type=int, default=2)
+    p.add_argument("--verifier-timeout", type=float, default=5.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--out", default=None, help="JSON file with the summary and every completion and score")
+    p.set_defaults(func=cmd_benchmark)
+
     p = sub.add_parser("build-base", help="build (or find in the cache) the built-in base model")
     p.add_argument("--task", default="addition")
     p.add_argument("--seed", type=int, default=0)
@@ -170,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     from srft.config import ConfigError
     from srft.models.loading import ModelError
     from srft.tasks import TaskError
-    from srft.training.data import DataError
+    from srft.data.loading import DataError
 
     args = build_parser().parse_args(argv)
     try:

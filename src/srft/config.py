@@ -57,6 +57,9 @@ class DataConfig:
     reward: Literal["auto", "math", "choice"] = _f("auto", "With task=file: the verifier; auto = choice for one-letter answers, else math.")
     verifier_workers: int = _f(2, "With task=file: verifier processes.")
     verifier_timeout: float = _f(5.0, "With task=file: seconds per verification before it scores 0.")
+    template: Literal["auto", "plain", "chat", "reasoning"] = _f(
+        "auto", "Prompt template: auto (strings as is, messages via the chat template), plain, chat, or reasoning "
+        "(the <think>/\\boxed{} system prompt first).")
     train_size: int = _f(4000, "Training prompts: generated (built-in/plugin tasks); for files, a random subset of this many (0 = all).")
     test_size: int = _f(128, "Prompts in each test split for evaluation (for files: a random subset, 0 = all).")
     seed: int = _f(1234, "Seed of the task's instance generator.")

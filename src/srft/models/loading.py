@@ -79,22 +79,69 @@ def load_model_and_tokenizer(cfg: ModelConfig, task_name: str = "addition", prog
     return model, tok, path
 
 
+def check_context(model, prompt_tokens: int, response_tokens: int, what: str) -> None:
+    """Fail clearly when prompts plus responses would not fit the model's context window."""
+    window = getattr(model.config, "max_position_embeddings", None)
+    if window is not None and prompt_tokens + response_tokens > window:
+        raise ModelError(
+            f"{what}: prompts of up to {prompt_tokens} tokens plus responses of up to {response_tokens} tokens "
+            f"need {prompt_tokens + response_tokens} positions, but the model's context window "
+            f"(max_position_embeddings) is {window}; shorten the limits or use a model with a longer context")
+
+
 def wrap_model(model: torch.nn.Module) -> torch.nn.Module:
     """The seam where a distributed wrapper (FSDP2 under torchrun) goes; one process: unchanged."""
     return model
 
 
-def encode_prompt(tokenizer, prompt) -> list[int]:
-    """Token ids of a prompt: a plain string as is, a list of chat messages through the chat template."""
+# The reasoning system prompt of the SRFT/LUFFY training and evaluation data (see the benchmark files).
+REASONING_SYSTEM_PROMPT = (
+    "Your task is to follow a systematic, thorough reasoning process before providing the final solution. "
+    "This involves analyzing, summarizing, exploring, reassessing, and refining your thought process through "
+    "multiple iterations. Structure your response into two sections: Thought and Solution. In the Thought "
+    "section, present your reasoning using the format: \"<think>\n {thoughts} </think>\n\". Each thought should "
+    "include detailed analysis, brainstorming, verification, and refinement of ideas. After \"</think>\n,\" in "
+    "the Solution section, provide the final, logical, and accurate answer, clearly derived from the exploration "
+    "in the Thought section. If applicable, include the answer in \\boxed{} for closed-form results like "
+    "multiple choices or mathematical solutions."
+)
+TEMPLATES = ("auto", "plain", "chat", "reasoning")
+
+
+def _as_messages(prompt) -> list[dict]:
     if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    if isinstance(prompt, list) and prompt and all(isinstance(m, dict) and "role" in m and "content" in m
+                                                   for m in prompt):
+        return list(prompt)
+    raise ValueError(f"a prompt must be a string or a list of {{role, content}} messages, got {str(prompt)[:80]!r}")
+
+
+def encode_prompt(tokenizer, prompt, template: str = "auto") -> list[int]:
+    """Token ids of a prompt.
+
+    auto:      a string as is; chat messages through the tokenizer's chat template (plain if it has none);
+    plain:     the messages' contents joined by blank lines, then a newline (for base models);
+    chat:      the tokenizer's chat template (an error if it has none);
+    reasoning: the reasoning system prompt (``<think>``, ``\\boxed{}``) put first, then as ``auto``.
+    """
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown prompt template {template!r}; templates: {', '.join(TEMPLATES)}")
+    if template == "auto" and isinstance(prompt, str):
         return tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    if isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt):
-        if getattr(tokenizer, "chat_template", None) is None:
-            text = "\n".join(m["content"] for m in prompt) + "\n"
-            return tokenizer(text, add_special_tokens=False)["input_ids"]
-        ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
-        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
-    raise ValueError(f"a prompt must be a string or a list of {{role, content}} messages, got {type(prompt).__name__}")
+    messages = _as_messages(prompt)
+    if template == "reasoning" and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": REASONING_SYSTEM_PROMPT}] + messages
+    has_chat = getattr(tokenizer, "chat_template", None) is not None
+    if template == "chat" and not has_chat:
+        raise ValueError("data.template=chat but the tokenizer has no chat template; use plain or auto")
+    if template == "plain" or not has_chat:
+        text = "\n\n".join(m["content"] for m in messages) + "\n"
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if hasattr(ids, "keys"):  # some versions return a BatchEncoding
+        ids = ids["input_ids"]
+    return list(ids)
 
 
 def encode_response(tokenizer, text: str) -> list[int]:

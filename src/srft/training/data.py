@@ -6,11 +6,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from srft.config import DataConfig
+from srft.data.loading import DataError
 from srft.models.loading import encode_prompt, encode_response
-
-
-class DataError(ValueError):
-    """Training or evaluation data that cannot be used; the message says why and what to change."""
 
 
 @dataclass
@@ -56,7 +53,7 @@ def encode_rows(rows: list[dict], tokenizer, cfg: DataConfig, *, name: str,
             report.dropped["without an answer"] += 1
             continue
         try:
-            prompt_ids = encode_prompt(tokenizer, row["prompt"])
+            prompt_ids = encode_prompt(tokenizer, row["prompt"], cfg.template)
         except ValueError as e:
             raise DataError(f"{name}: row {i}: {e}") from e
         if len(prompt_ids) > cfg.max_prompt_tokens:

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from srft.config import Config, save_config
-from srft.models.loading import load_model_and_tokenizer, wrap_model
+from srft.models.loading import check_context, load_model_and_tokenizer, wrap_model
 from srft.objective import TERMS, agg_loss, group_advantages, token_logprobs_and_entropy, token_losses
 from srft.rollout.engine import HFEngine
 from srft.tasks import get_task
@@ -186,6 +186,8 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
         if rep.kept < rep.total:
             say(rep.summary(split))
 
+    prompt_max = max(len(e.prompt_ids) for split in (train_set, *tests.values()) for e in split)
+    check_context(model, prompt_max, cfg.data.max_response_tokens, "data.max_response_tokens")
     model = wrap_model(model)
     ref_model = None
     if cfg.objective.kl_coef > 0:

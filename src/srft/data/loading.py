@@ -155,7 +155,7 @@ def normalize_row(raw: dict, index: int, default_source: str = "") -> tuple[dict
         "prompt": prompt,
         "answer": answer,
         "demonstration": _norm_demo(raw),
-        "data_source": str(source) if source else default_source,
+        "data_source": default_source if source is None else str(source),
         "index": index,
     }, None
 
@@ -183,7 +183,9 @@ def _format_of(path: Path) -> str:
 def _iter_parquet(path: Path, batch_size: int) -> Iterator[dict]:
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(path)
+    # pre_buffer=False: with read coalescing on, Arrow buffers most of the file
+    # ahead of the batches (the whole file, for a few-row-group file)
+    pf = pq.ParquetFile(path, pre_buffer=False)
     names = set(pf.schema_arrow.names)
     cols = [c for c in _COLUMNS if c in names]
     if "extra_info" in names:

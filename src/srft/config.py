@@ -46,6 +46,9 @@ class ModelConfig:
     base_cache_dir: str = _f("~/.cache/srft", "Where the built-in base model is built and cached.")
     base_seed: int = _f(0, "Seed of the built-in base model's pre-training.")
     threads: int = _f(0, "torch CPU threads; 0 = leave torch's default.")
+    lora_rank: int = _f(0, "LoRA rank (needs the 'lora' extra: pip install peft); 0 = train all weights.")
+    lora_alpha: int = _f(32, "LoRA alpha.")
+    lora_targets: list = _f(["q_proj", "k_proj", "v_proj", "o_proj"], "Module names that get LoRA adapters.")
 
 
 @dataclass

@@ -73,10 +73,33 @@ def load_model_and_tokenizer(cfg: ModelConfig, task_name: str = "addition", prog
         raise ModelError(f"could not load a causal LM from '{path}': {e}") from e
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    if cfg.lora_rank > 0:
+        model = add_lora(model, cfg)
     model.config.use_cache = True
     model.to(resolve_device(cfg.device))
     model.train()
     return model, tok, path
+
+
+def add_lora(model, cfg: ModelConfig):
+    """Wrap ``model`` with LoRA adapters; only the adapters train."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as e:
+        raise ModelError("model.lora_rank > 0 needs peft: pip install 'srft[lora]' (or pip install peft)") from e
+    lcfg = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=list(cfg.lora_targets),
+                      lora_dropout=0.0, task_type="CAUSAL_LM")
+    return get_peft_model(model, lcfg)
+
+
+def save_model(model, tokenizer, out_dir) -> None:
+    """Save a plain Hugging Face model (LoRA adapters merged) that transformers and vLLM load unchanged."""
+    if hasattr(model, "merge_and_unload") and hasattr(model, "peft_config"):
+        import copy
+
+        model = copy.deepcopy(model).merge_and_unload()
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
 
 
 def check_context(model, prompt_tokens: int, response_tokens: int, what: str) -> None:

@@ -36,8 +36,9 @@ def save_checkpoint(run_dir: Path, model, tokenizer, optimizer, scheduler, step:
     tmp = run_dir / f"{CKPT}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp / "model")
-    tokenizer.save_pretrained(tmp / "model")
+    # The exact parameters (adapters included), for resuming; the run's final model/ is the HF export.
+    torch.save(model.state_dict(), tmp / "model_state.pt")
+    tokenizer.save_pretrained(tmp / "tokenizer")
     torch.save({
         "step": step,
         "optimizer": optimizer.state_dict(),
@@ -60,3 +61,7 @@ def has_checkpoint(run_dir: Path) -> bool:
 
 def load_trainer_state(run_dir: Path) -> dict:
     return torch.load(run_dir / CKPT / "trainer.pt", weights_only=False)
+
+
+def load_model_state(run_dir: Path, model) -> None:
+    model.load_state_dict(torch.load(run_dir / CKPT / "model_state.pt", weights_only=True))

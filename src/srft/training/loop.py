@@ -44,13 +44,19 @@ import numpy as np
 import torch
 
 from srft.config import Config, save_config
-from srft.models.loading import check_context, load_model_and_tokenizer, wrap_model
+from srft.models.loading import check_context, load_model_and_tokenizer, save_model, wrap_model
 from srft.objective import TERMS, agg_loss, group_advantages, token_logprobs_and_entropy, token_losses
 from srft.rollout.engine import HFEngine
 from srft.tasks import get_task
 from srft.tasks.base import verify_all
 from srft.tasks.files import FileTask
-from srft.training.checkpoint import has_checkpoint, load_trainer_state, save_checkpoint, set_rng_state
+from srft.training.checkpoint import (
+    has_checkpoint,
+    load_model_state,
+    load_trainer_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from srft.training.data import Example, encode_rows
 from srft.training.metrics import MetricsLog, timed
 
@@ -206,9 +212,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
         if not has_checkpoint(run_dir):
             raise FileNotFoundError(f"no checkpoint in {run_dir} to resume from; start a new run instead")
         state = load_trainer_state(run_dir)
-        from transformers import AutoModelForCausalLM
-        loaded = AutoModelForCausalLM.from_pretrained(str(run_dir / "checkpoint" / "model"), dtype=model.dtype)
-        model.load_state_dict(loaded.state_dict())
+        load_model_state(run_dir, model)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
@@ -281,8 +285,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
     final = evaluate_splits(engine, tokenizer, task, tests, cfg)
     eval_log.append({"step": cfg.run.steps, **final, "t_eval": time.perf_counter() - t0})
     save_checkpoint(run_dir, model, tokenizer, optimizer, scheduler, cfg.run.steps, {})
-    model.save_pretrained(run_dir / "model")
-    tokenizer.save_pretrained(run_dir / "model")
+    save_model(model, tokenizer, run_dir / "model")
     history = eval_log.read()
     before = history[0]
     splits = list(tests)

@@ -1,0 +1,91 @@
+"""Models: save/reload round trip, LoRA, prompt templates, bad paths."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from srft.config import ModelConfig
+from srft.models.loading import (
+    REASONING_SYSTEM_PROMPT,
+    ModelError,
+    check_context,
+    encode_prompt,
+    load_model_and_tokenizer,
+    save_model,
+)
+
+
+def test_save_reload_gives_identical_logits(tiny_model_dir, tmp_path):
+    model, tok, _ = load_model_and_tokenizer(ModelConfig(path=str(tiny_model_dir), device="cpu"))
+    with torch.no_grad():
+        for p in model.parameters():  # make it differ from the stored initial weights
+            p.add_(0.01 * torch.randn_like(p))
+    save_model(model, tok, tmp_path / "out")
+    assert (tmp_path / "out" / "model.safetensors").exists()
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    tok2 = AutoTokenizer.from_pretrained(tmp_path / "out")
+    ids = torch.tensor([tok2("12+34=", add_special_tokens=False)["input_ids"]])
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, again(input_ids=ids).logits)
+
+
+def test_lora_trains_adapters_and_saves_a_merged_model(tiny_model_dir, tmp_path):
+    pytest.importorskip("peft")
+    cfg = ModelConfig(path=str(tiny_model_dir), device="cpu", lora_rank=4)
+    model, tok, _ = load_model_and_tokenizer(cfg)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.add_(0.05)
+    save_model(model, tok, tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_templates():
+    from srft.models.tokenizer import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    assert tok.decode(encode_prompt(tok, "1+2=")) == "1+2="
+    msgs = [{"role": "user", "content": "What is 1+2?"}]
+    # no chat template: contents joined, then a newline
+    assert tok.decode(encode_prompt(tok, msgs)) == "What is 1+2?\n"
+    text = tok.decode(encode_prompt(tok, "What is 1+2?", "reasoning"))
+    assert text.startswith(REASONING_SYSTEM_PROMPT[:40]) and text.endswith("What is 1+2?\n")
+    with pytest.raises(ValueError, match="no chat template"):
+        encode_prompt(tok, msgs, "chat")
+    with pytest.raises(ValueError, match="must be a string or a list"):
+        encode_prompt(tok, [{"content": "no role"}], "plain")
+
+
+def test_context_window_error(tiny_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with pytest.raises(ModelError, match="context window.*4096"):
+        check_context(model, 100, 8192, "data.max_response_tokens")
+    check_context(model, 100, 1000, "ok")
+
+
+def test_tokenizer_without_pad_token_gets_eos(tiny_model_dir, tmp_path):
+    import shutil
+    import json
+
+    d = tmp_path / "nopad"
+    shutil.copytree(tiny_model_dir, d)
+    cfg_path = d / "tokenizer_config.json"
+    tc = json.loads(cfg_path.read_text())
+    tc.pop("pad_token", None)
+    cfg_path.write_text(json.dumps(tc))
+    special = d / "special_tokens_map.json"
+    if special.exists():
+        sm = json.loads(special.read_text())
+        sm.pop("pad_token", None)
+        special.write_text(json.dumps(sm))
+    assert AutoTokenizer.from_pretrained(d).pad_token_id is None  # the premise of the test
+    _, tok, _ = load_model_and_tokenizer(ModelConfig(path=str(d), device="cpu"))
+    assert tok.pad_token_id == tok.eos_token_id

@@ -1,0 +1,104 @@
+"""Built-in reasoning tasks and the task loader.
+
+``get_task(spec, **kwargs)`` accepts
+
+* a built-in name (see ``TASKS``), e.g. ``"addition"``;
+* ``"package.module:ClassName"``, imported from the Python path;
+* ``"path/to/file.py:ClassName"``, loaded from that file.
+
+The named object is called with ``**kwargs`` when it is a class (or any other
+callable); an already-built instance is returned as is (``kwargs`` must then
+be empty). Problems raise :class:`TaskError` (a ``ValueError``) with a message
+saying what went wrong.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+
+from srft.tasks.addition import AdditionTask
+from srft.tasks.base import SPLITS, Score, Task
+from srft.tasks.expression import ExpressionTask
+
+TASKS: dict[str, type] = {
+    AdditionTask.name: AdditionTask,
+    ExpressionTask.name: ExpressionTask,
+}
+DEFAULT_TASK = "addition"
+
+__all__ = ["TASKS", "DEFAULT_TASK", "SPLITS", "Score", "Task", "TaskError", "get_task", "AdditionTask", "ExpressionTask"]
+
+
+class TaskError(ValueError):
+    """A task spec that cannot be resolved into a usable task."""
+
+
+def get_task(spec: str, **kwargs) -> Task:
+    """Resolve ``spec`` (built-in name, ``module:Class`` or ``file.py:Class``) into a task."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise TaskError(f"task spec must be a non-empty string, got {spec!r}")
+    spec = spec.strip()
+    if spec in TASKS:
+        obj, where = TASKS[spec], f"built-in task {spec!r}"
+    elif ":" in spec:
+        target, _, attr = spec.rpartition(":")
+        if not target or not attr:
+            raise TaskError(f"task spec {spec!r} must look like 'module:Class' or 'path/to/file.py:Class'")
+        module = _load_module(target, spec)
+        if not hasattr(module, attr):
+            names = sorted(n for n in vars(module) if not n.startswith("_"))
+            raise TaskError(f"task plugin {target!r} has no attribute {attr!r} (it defines: {', '.join(names) or 'nothing'})")
+        obj, where = getattr(module, attr), f"task plugin {spec!r}"
+    else:
+        raise TaskError(
+            f"unknown task {spec!r}; built-in tasks: {', '.join(sorted(TASKS))} "
+            f"(or give 'module:Class' or 'path/to/file.py:Class')"
+        )
+    if inspect.isclass(obj) or (callable(obj) and not _looks_like_task(obj)):
+        try:
+            task = obj(**kwargs)
+        except Exception as e:  # a broken plugin constructor: say whose it is
+            raise TaskError(f"could not construct {where}: {type(e).__name__}: {e}") from e
+    else:
+        if kwargs:
+            raise TaskError(f"{where} is an instance, it cannot take arguments {sorted(kwargs)}")
+        task = obj
+    missing = [m for m in ("generate", "verify") if not callable(getattr(task, m, None))]
+    if missing:
+        raise TaskError(f"{where} is not a task: missing method(s) {', '.join(missing)} (a task needs generate(split, n, seed) and verify(completion, answer))")
+    if not getattr(task, "name", None):
+        try:
+            task.name = spec.rpartition(":")[2] or spec
+        except Exception:
+            pass
+    return task
+
+
+def _looks_like_task(obj) -> bool:
+    return callable(getattr(obj, "generate", None)) and callable(getattr(obj, "verify", None))
+
+
+def _load_module(target: str, spec: str):
+    is_file = target.endswith(".py") or "/" in target or "\\" in target
+    if is_file:
+        path = Path(target).expanduser()
+        if not path.is_file():
+            raise TaskError(f"task plugin file not found: {str(path)!r} (from spec {spec!r})")
+        mod_name = f"srft_task_plugin_{abs(hash(str(path.resolve())))}"
+        try:
+            mspec = importlib.util.spec_from_file_location(mod_name, path)
+            module = importlib.util.module_from_spec(mspec)
+            sys.modules[mod_name] = module
+            mspec.loader.exec_module(module)
+        except Exception as e:
+            sys.modules.pop(mod_name, None)
+            raise TaskError(f"task plugin file {str(path)!r} failed to import: {type(e).__name__}: {e}") from e
+        return module
+    try:
+        return importlib.import_module(target)
+    except Exception as e:
+        raise TaskError(f"task plugin module {target!r} failed to import: {type(e).__name__}: {e}") from e

@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny randomly initialised Qwen2 with the character tokenizer, made in the test."""
+"""Shared fixtures: a tiny randomly initialised Llama with the character tokenizer, made in the test."""
 
 import pytest
 import torch
@@ -6,17 +6,17 @@ import torch
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     from srft.models.tokenizer import build_char_tokenizer
 
     path = tmp_path_factory.mktemp("tiny_model")
     tok = build_char_tokenizer()
     torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                          num_key_value_heads=2, intermediate_size=64, max_position_embeddings=4096,
                          pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                          bos_token_id=tok.bos_token_id, tie_word_embeddings=True)
-    Qwen2ForCausalLM(config).save_pretrained(path)
+    LlamaForCausalLM(config).save_pretrained(path)
     tok.save_pretrained(path)
     return path

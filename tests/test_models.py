@@ -89,3 +89,16 @@ def test_tokenizer_without_pad_token_gets_eos(tiny_model_dir, tmp_path):
     assert AutoTokenizer.from_pretrained(d).pad_token_id is None  # the premise of the test
     _, tok, _ = load_model_and_tokenizer(ModelConfig(path=str(d), device="cpu"))
     assert tok.pad_token_id == tok.eos_token_id
+
+
+def test_tokenizer_reloads_from_a_model_directory_unchanged(tiny_model_dir):
+    """AutoTokenizer next to a model's config.json must give the same ids and text as the built tokenizer."""
+    from srft.models.tokenizer import build_char_tokenizer
+
+    built = build_char_tokenizer()
+    loaded = AutoTokenizer.from_pretrained(tiny_model_dir)
+    text = "347+285=\n7+5=12 >2 4+8+1=13 >32 #### 632"
+    ids = built(text, add_special_tokens=False)["input_ids"]
+    assert loaded(text, add_special_tokens=False)["input_ids"] == ids
+    assert loaded.decode(ids) == text
+    assert (loaded.pad_token_id, loaded.eos_token_id) == (built.pad_token_id, built.eos_token_id)

@@ -595,8 +595,10 @@ class Verifier:
     ``timeout_s`` seconds from dispatch: past that, the worker is killed and
     replaced and the sample scores 0 with ``info["timeout"] = True``. A worker
     that dies scores its sample 0 with ``info["error"]``. Workers also
-    interrupt themselves after ``0.8 * timeout_s`` where Python code can be
-    interrupted, which keeps them alive in the common slow-sympy case.
+    interrupt themselves after ``soft_timeout_frac * timeout_s`` (0 disables
+    this) where Python code can be interrupted, which keeps them alive in the
+    common slow-sympy case; ``memory_limit_mb`` caps each worker's address
+    space (None: no cap).
 
     ``score_batch`` never raises for bad completions, hangs or crashes (only
     for a caller error such as lists of different lengths).
@@ -609,6 +611,7 @@ class Verifier:
         timeout_s: float = 5.0,
         *,
         memory_limit_mb: int | None = 3072,
+        soft_timeout_frac: float = 0.8,
         startup_timeout_s: float = 120.0,
     ):
         if kind not in ("math", "choice", "auto"):
@@ -621,6 +624,7 @@ class Verifier:
         self.n_workers = int(workers)
         self.timeout_s = float(timeout_s)
         self.memory_limit_mb = memory_limit_mb
+        self.soft_timeout_frac = float(soft_timeout_frac)
         self.startup_timeout_s = float(startup_timeout_s)
         self._env: dict | None = None
         self._workers: list[_Worker] = []
@@ -667,7 +671,7 @@ class Verifier:
         try:
             if self._env is None:
                 self._env = _worker_env()
-            return _Worker(0.8 * self.timeout_s, self.memory_limit_mb, self._env)
+            return _Worker(self.soft_timeout_frac * self.timeout_s, self.memory_limit_mb, self._env)
         except Exception as e:  # pragma: no cover - cannot start processes at all
             log.error("verifier: cannot start a worker: %r", e)
             return None

@@ -83,3 +83,51 @@ def test_pad_batch_positions_predict_response_tokens(tiny_model_dir):
         expected = torch.stack([lp[len(p) - 1 + t, tok] for t, tok in enumerate(r)])
         torch.testing.assert_close(logp_BT[b, :len(r)], expected, atol=1e-5, rtol=1e-5)
     assert batch["mask_BT"].tolist() == [[1, 1, 0], [1, 1, 1]]
+
+
+def test_trains_on_an_exported_luffy_parquet(tiny_model_dir, tmp_path):
+    """export -> parquet in the verl/LUFFY schema -> data.task=file -> training with the math verifier."""
+    import pyarrow.parquet as pq
+
+    from srft.cli import main
+
+    assert main(["export", "--task", "addition", "--split", "train", "--n", "30", "--out", str(tmp_path / "tr.parquet")]) == 0
+    assert main(["export", "--task", "addition", "--split", "test_id", "--n", "4", "--out", str(tmp_path / "te.parquet")]) == 0
+    cols = set(pq.read_schema(tmp_path / "tr.parquet").names)
+    assert {"prompt", "target", "reward_model", "data_source"} <= cols
+    cfg = _cfg(tiny_model_dir, tmp_path, "srft", "data.task=file", f"data.train_file={tmp_path}/tr.parquet",
+               f"data.test_id_file={tmp_path}/te.parquet", "data.train_size=0", "data.test_size=0",
+               "data.verifier_workers=1", "run.steps=2", "run.plots=false")
+    run_dir = train(cfg)
+    records = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and records[0]["n_demos"] == 2
+    # the expert demonstrations pass the math verifier (they end with '#### <sum>')
+    assert records[0]["demo_reward"] == 1.0
+    ev = json.loads((run_dir / "eval.json").read_text())
+    assert set(ev["before"]) == {"test_id"}
+
+
+def test_bad_rows_are_reported(tiny_model_dir, tmp_path):
+    from srft.cli import main
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"prompt": "1+1=", "answer": "2", "demonstration": "1+1=2 #### 2"}\n'
+                    '{"prompt": "2+2=", "demonstration": "2+2=4 #### 4"}\n'
+                    '{"prompt": "3+3=", "answer": "6", "demonstration": "' + "x" * 500 + '"}\n')
+    cfg = _cfg(tiny_model_dir, tmp_path, "srft", "data.task=file", f"data.train_file={rows}", "data.train_size=0",
+               "data.too_long=drop", "run.steps=0", "run.plots=false", "data.verifier_workers=1")
+    from srft.tasks.files import FileTask
+    from srft.training.data import encode_rows
+    from srft.models.loading import load_tokenizer
+
+    task = FileTask(str(rows), workers=1)
+    tok = load_tokenizer(tiny_model_dir)
+    kept, report = encode_rows(task.generate("train", 0, 0), tok, cfg.data, name="train")
+    summary = report.summary("train")
+    assert len(kept) == 1 and "kept 1 of 3 rows" in summary and "1 without an answer" in summary, summary
+    assert "demonstration over 48 tokens" in summary, summary
+    # nothing usable at all: a clear error naming the fix
+    only_bad = tmp_path / "bad.jsonl"
+    only_bad.write_text('{"prompt": "2+2=", "demonstration": "2+2=4"}\n')
+    assert main(["train", f"model.path={tiny_model_dir}", "data.task=file", f"data.train_file={only_bad}",
+                 "data.train_size=0", "run.progress=false", f"run.out_dir={tmp_path}/r2"]) == 2

@@ -278,13 +278,17 @@ def validate(cfg: Config) -> None:
         "rollout.n": cfg.rollout.n,
         "data.max_response_tokens": cfg.data.max_response_tokens,
         "data.max_prompt_tokens": cfg.data.max_prompt_tokens,
-        "data.train_size": cfg.data.train_size,
         "optim.micro_batch": cfg.optim.micro_batch,
         "run.eval_k": cfg.run.eval_k,
     }
     for key, v in positive.items():
         if v <= 0:
             raise ConfigError(f"{key} must be > 0, got {v}")
+    if cfg.data.train_size <= 0 and cfg.data.task != "file":
+        raise ConfigError(f"data.train_size must be > 0 for generated tasks, got {cfg.data.train_size} "
+                          f"(0 = all rows is for data.task=file)")
+    if cfg.data.task == "file" and not cfg.data.train_file:
+        raise ConfigError("data.task=file needs data.train_file=PATH (a .parquet, .jsonl or .json file)")
     if cfg.run.steps < 0:
         raise ConfigError(f"run.steps must be >= 0, got {cfg.run.steps}")
     if cfg.rollout.temperature <= 0:

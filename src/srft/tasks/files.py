@@ -44,12 +44,17 @@ class FileTask:
         return self._rows[split]
 
     def generate(self, split: str, n: int, seed: int) -> list[dict]:
-        """The split's rows; with 0 < n < rows, a seeded random subset of n of them."""
+        """The split's rows; with 0 < n < rows, a seeded random subset of n of them.
+
+        The result keeps the file's unusable rows in ``.problems`` so that they are reported.
+        """
+        from srft.data.loading import Rows
+
         rows = self._load(split)
         if 0 < n < len(rows):
             idx = sorted(random.Random(seed).sample(range(len(rows)), n))
-            return [rows[i] for i in idx]
-        return list(rows)
+            return Rows([rows[i] for i in idx], problems=rows.problems, source=rows.source)
+        return Rows(rows, problems=rows.problems, source=rows.source)
 
     @property
     def verifier(self):

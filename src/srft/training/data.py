@@ -42,7 +42,11 @@ def encode_rows(rows: list[dict], tokenizer, cfg: DataConfig, *, name: str,
     a demonstration over ``max_response_tokens`` (EOS included) is dropped or truncated
     as ``too_long`` says. With ``need_demo``, rows without a demonstration are dropped.
     """
-    report = DataReport(total=len(rows))
+    # Rows a file loader already left out (no answer, malformed prompt) count here too.
+    problems = getattr(rows, "problems", [])
+    report = DataReport(total=len(rows) + len(problems))
+    for _, reason, _ in problems:
+        report.dropped["without an answer" if reason == "no answer" else reason] += 1
     out: list[Example] = []
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or "prompt" not in row:

@@ -590,8 +590,9 @@ class Verifier:
     ``kind``: ``"math"`` (math_verify), ``"choice"`` (option letter) or
     ``"auto"`` (choice when the gold is a single letter A-J, else math).
     Choice scoring and answers decidable by string/number comparison are done
-    in the calling process (linear-time string work only); everything that
-    needs sympy goes to a worker. Each sample sent to a worker has
+    in the calling process (linear-time string work only; ``fast_path=False``
+    sends every extracted math answer to the workers); everything that needs
+    sympy goes to a worker. Each sample sent to a worker has
     ``timeout_s`` seconds from dispatch: past that, the worker is killed and
     replaced and the sample scores 0 with ``info["timeout"] = True``. A worker
     that dies scores its sample 0 with ``info["error"]``. Workers also
@@ -612,6 +613,7 @@ class Verifier:
         *,
         memory_limit_mb: int | None = 3072,
         soft_timeout_frac: float = 0.8,
+        fast_path: bool = True,
         startup_timeout_s: float = 120.0,
     ):
         if kind not in ("math", "choice", "auto"):
@@ -625,6 +627,7 @@ class Verifier:
         self.timeout_s = float(timeout_s)
         self.memory_limit_mb = memory_limit_mb
         self.soft_timeout_frac = float(soft_timeout_frac)
+        self.fast_path = bool(fast_path)
         self.startup_timeout_s = float(startup_timeout_s)
         self._env: dict | None = None
         self._workers: list[_Worker] = []
@@ -729,7 +732,7 @@ class Verifier:
                     results[i] = _verdict(extracted[:200], False, {"how": how, "too_long": True})
                     self.n_in_process += 1
                 else:
-                    fast = _fast_compare(extracted, g)
+                    fast = _fast_compare(extracted, g) if self.fast_path else None
                     if fast is not None:
                         results[i] = _verdict(extracted, fast, {"how": how})
                         self.n_in_process += 1

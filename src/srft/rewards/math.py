@@ -141,7 +141,7 @@ _ANSWER_LINE = re.compile(
     r"(?:final\s{1,3}answer|the\s{1,3}answer|answer)\s{0,3}(?:\*\*)?\s{0,3}(?:is\s{0,3}:?|:)(?:\*\*)?[ \t]{0,5}([^\n]+)",
     re.IGNORECASE,
 )
-_HASH_LINE = re.compile(r"^[ \t]{0,8}####[ \t]{0,8}([^\n]+)", re.MULTILINE)
+_HASH_LINE = re.compile(r"(?:^|[ \t])####[ \t]{0,8}([^\n]+)", re.MULTILINE)  # GSM8K style, also mid-line
 
 
 def _clean_answer_line(ans: str) -> str | None:

@@ -255,6 +255,28 @@ def test_altered_golds_score_zero_all(verifier):
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\\boxed{" * 20000,  # many unclosed boxes: each must not rescan the rest
+        "{" * 100000 + "\\boxed{" * 20000,
+        "\\boxed {" * 20000,
+        "answer " * 20000,
+        "answer is " * 15000,
+        "(B" * 50000,
+        "#### " * 20000,
+        "The answer is" + " " * 100000,
+        "\\boxed{" + "\\\\" * 50000,
+    ],
+)
+def test_extraction_is_linear_on_adversarial_text(text):
+    # extraction and choice scoring run in the caller's process: they must stay fast
+    t = time.monotonic()
+    extract_math_answer(text)
+    score_choice(text, "B")
+    assert time.monotonic() - t < 2.0
+
+
 def test_pathological_inputs_finish_and_score_zero():
     cases = [
         (r"\boxed{9^{9^{9^{9}}}}", "1"),

@@ -52,7 +52,6 @@ MAX_ANSWER_CHARS = 2000
 # extraction
 # ---------------------------------------------------------------------------
 
-_BOX_COMMANDS = ("\\boxed", "\\fbox")
 
 
 def split_think(text: str) -> tuple[str, str]:
@@ -66,52 +65,60 @@ def split_think(text: str) -> tuple[str, str]:
     return text[:k], text[k + len("</think>") :]
 
 
+_BRACE_TOKEN = re.compile(r"\\.|[{}]", re.DOTALL)
+
+
 def _brace_group(text: str, start: int) -> int:
     """Index just past the ``}`` closing the ``{`` at ``text[start]``, or -1 if unclosed.
 
     Escaped braces (``\\{``, ``\\}``) do not count.
     """
     depth = 0
-    i, n = start, len(text)
-    while i < n:
-        c = text[i]
-        if c == "\\":
-            i += 2
-            continue
+    for m in _BRACE_TOKEN.finditer(text, start):
+        c = m.group()
         if c == "{":
             depth += 1
         elif c == "}":
             depth -= 1
             if depth == 0:
-                return i + 1
-        i += 1
+                return m.end()
     return -1
 
 
-def _boxed_at(text: str, pos: int, cmd: str) -> str | None:
-    """Content of the box command starting at ``pos`` or None if malformed."""
-    i = pos + len(cmd)
-    n = len(text)
-    # \boxedfoo is another command, not \boxed
-    if i < n and text[i].isalpha():
-        return None
-    while i < n and text[i] in " \t":
-        i += 1
-    if i >= n:
+def _all_brace_groups(text: str) -> dict[int, int]:
+    """For every ``{`` that is closed: its index -> index just past its ``}``. One pass."""
+    out: dict[int, int] = {}
+    stack: list[int] = []
+    for m in _BRACE_TOKEN.finditer(text):
+        c = m.group()
+        if c == "{":
+            stack.append(m.start())
+        elif c == "}" and stack:
+            out[stack.pop()] = m.end()
+    return out
+
+
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])[ \t]*")
+_BOX_TOKEN = re.compile(r"[^\s$]+")
+
+
+def _box_content(text: str, m: re.Match, groups: dict[int, int] | None) -> str | None:
+    i = m.end()
+    if i >= len(text):
         return None
     if text[i] == "{":
-        end = _brace_group(text, i)
+        end = groups.get(i, -1) if groups is not None else _brace_group(text, i)
         if end < 0:
             return None
-        return text[i + 1 : end - 1].strip()
+        return text[i + 1 : end - 1].strip() or None
     # "\boxed 5": one token up to whitespace or a math delimiter
-    m = re.compile(r"[^\s$]+").match(text, i)
-    if m is None:
+    t = _BOX_TOKEN.match(text, i)
+    if t is None:
         return None
-    tok = m.group(0)
+    tok = t.group(0)
     if tok.startswith("\\") and not tok[1:2].isalpha():
         return None
-    return tok.strip()
+    return tok.strip() or None
 
 
 def last_boxed(text: str) -> str | None:
@@ -119,20 +126,21 @@ def last_boxed(text: str) -> str | None:
 
     Nested braces are matched; an unclosed box (truncated output) is skipped in
     favour of the previous one. Returns None when there is none (or it is empty).
+    Linear in the length of the text.
     """
-    end = len(text)
-    while True:
-        best, best_cmd = -1, None
-        for cmd in _BOX_COMMANDS:
-            k = text.rfind(cmd, 0, end)
-            if k > best:
-                best, best_cmd = k, cmd
-        if best < 0:
-            return None
-        content = _boxed_at(text, best, best_cmd)
-        if content:
+    boxes = list(_BOX_RE.finditer(text))
+    if not boxes:
+        return None
+    # the common case: the last box is closed (one scan from it to the end)
+    content = _box_content(text, boxes[-1], None)
+    if content is not None or len(boxes) == 1:
+        return content
+    groups = _all_brace_groups(text)
+    for m in reversed(boxes[:-1]):
+        content = _box_content(text, m, groups)
+        if content is not None:
             return content
-        end = best
+    return None
 
 
 # "The final answer is X", "the answer is: X", "Answer: X", "**Answer:** X".

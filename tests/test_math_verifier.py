@@ -206,7 +206,7 @@ def _sympy_self_check(golds):
 
 def test_math_golds_sympy_sample():
     golds = sorted(set(_golds("math.parquet")))
-    _sympy_self_check(random.Random(0).sample(golds, 120))
+    _sympy_self_check(random.Random(0).sample(golds, 60))
 
 
 @pytest.mark.slow
@@ -242,7 +242,7 @@ def _check_altered(verifier, n: int | None):
 
 
 def test_altered_golds_score_zero_sample(verifier):
-    _check_altered(verifier, 60)
+    _check_altered(verifier, 40)
 
 
 @pytest.mark.slow

@@ -1,0 +1,310 @@
+"""The built-in base model: a tiny Qwen2 pre-trained on noisy task text.
+
+``build_base_model`` pre-trains a small decoder-only model (standard
+``Qwen2ForCausalLM``, character-level tokenizer) on "web-like" text that srft
+generates for a task (``task.pretraining_documents``): worked solutions in the
+task's step-by-step format where a fraction of the steps are wrong, mixed
+with answer-only lines. The model learns the format and the procedure but
+makes mistakes at roughly the rate of its training text, so it starts with
+*partial* competence that supervised and reinforcement fine-tuning can raise.
+
+The result is a plain Hugging Face checkpoint directory (safetensors weights,
+``config.json``, tokenizer files) plus ``srft_base.json`` with the build
+parameters, the build time and the measured accuracy. Building is
+deterministic given the seed (same data, same initialisation, same order).
+
+``ensure_base_model`` returns a cached build or makes one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from srft.models.tokenizer import build_char_tokenizer
+
+BUILD_FORMAT = 1  # bump when the build recipe changes so caches are rebuilt
+
+
+@dataclass
+class BaseModelConfig:
+    # architecture (Qwen2)
+    hidden_size: int = 128
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 4
+    intermediate_size: int = 512
+    max_position_embeddings: int = 256
+    # pre-training
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    # the noisy pre-training text (passed to task.pretraining_documents)
+    corpus: dict = field(default_factory=dict)
+    # accuracy measured after the build
+    eval_prompts: int = 64
+    eval_k: int = 8
+    eval_temperature: float = 1.0
+
+
+# Per-task corpus settings for the built-in tasks (tuned for partial competence).
+DEFAULT_CORPUS = {
+    "addition": {},
+    "expression": {},
+}
+
+
+def _count_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def make_model(cfg: BaseModelConfig, tokenizer, seed: int):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        use_cache=True,
+    )
+    model = Qwen2ForCausalLM(config)
+    gc = model.generation_config
+    gc.pad_token_id, gc.eos_token_id, gc.bos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id
+    gc.do_sample, gc.temperature, gc.top_k, gc.top_p = True, 1.0, 0, 1.0
+    return model
+
+
+def _documents(task, n: int, seed: int, corpus: dict) -> list[str]:
+    if hasattr(task, "pretraining_documents"):
+        return task.pretraining_documents(n, seed, **corpus)
+    # A plugin task without its own pre-training text: use its demonstrations
+    # (train split), with the final answer line corrupted now and then.
+    rng = random.Random(f"pretrain/{seed}")
+    rows = task.generate("train", n, seed + 7919)
+    docs = []
+    for r in rows:
+        demo = r.get("demonstration") or f"#### {r['answer']}"
+        if rng.random() < corpus.get("final_error", 0.3) and "####" in demo:
+            demo = demo[: demo.rindex("####")] + f"#### {rng.randint(0, 999)}"
+        docs.append(r["prompt"] + demo)
+    return docs
+
+
+def _batches(docs: list[str], tokenizer, batch_size: int, max_len: int):
+    """Right-padded batches of single documents followed by <eos>."""
+    ids = tokenizer(docs, add_special_tokens=False).input_ids
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    for i in range(0, len(ids) - batch_size + 1, batch_size):
+        chunk = [x[: max_len - 1] + [eos] for x in ids[i : i + batch_size]]
+        width = max(len(x) for x in chunk)
+        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for j, x in enumerate(chunk):
+            input_ids[j, : len(x)] = torch.tensor(x)
+            mask[j, : len(x)] = 1
+        labels = input_ids.masked_fill(mask == 0, -100)
+        yield input_ids, mask, labels
+
+
+def _lr_lambda(cfg: BaseModelConfig):
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    return f
+
+
+def pretrain(model, tokenizer, docs: list[str], cfg: BaseModelConfig, seed: int, progress: bool = True) -> list[float]:
+    """Plain causal-LM pre-training (AdamW, warmup + cosine, loss on all tokens)."""
+    from tqdm.auto import tqdm
+
+    rng = random.Random(f"order/{seed}")
+    docs = list(docs)
+    rng.shuffle(docs)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    model.train()
+    losses: list[float] = []
+    batches = _batches(docs, tokenizer, cfg.batch_size, cfg.max_position_embeddings)
+    bar = tqdm(total=cfg.steps, desc="pre-training base model", disable=not progress, unit="step")
+    for step in range(cfg.steps):
+        input_ids, mask, labels = next(batches)
+        out = model(input_ids=input_ids, attention_mask=mask, labels=labels)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        losses.append(out.loss.item())
+        bar.update(1)
+        if step % 20 == 0 or step == cfg.steps - 1:
+            bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+    bar.close()
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def sample_completions(model, tokenizer, prompts: list[str], k: int, temperature: float, seed: int,
+                       max_new_tokens: int = 96, batch_size: int = 256) -> list[list[str]]:
+    """k sampled responses per prompt (batched generate, left padding, KV cache)."""
+    was_training = model.training
+    model.eval()
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    flat = [p for p in prompts for _ in range(k)]
+    texts: list[str] = []
+    torch.manual_seed(seed)
+    greedy = temperature <= 0
+    try:
+        for i in range(0, len(flat), batch_size):
+            enc = tokenizer(flat[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+            gen_kwargs = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+            out = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                use_cache=True,
+                **gen_kwargs,
+            )
+            texts += tokenizer.batch_decode(out[:, enc.input_ids.shape[1] :], skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = old_side
+        model.train(was_training)
+    return [texts[j * k : (j + 1) * k] for j in range(len(prompts))]
+
+
+def measure_accuracy(model, tokenizer, task, split: str = "test_id", n_prompts: int = 64, k: int = 8,
+                     temperature: float = 1.0, seed: int = 0, max_new_tokens: int | None = None,
+                     return_details: bool = False):
+    """avg@k accuracy: the mean reward over k samples for each of n_prompts problems."""
+    rows = task.generate(split, n_prompts, seed)
+    if max_new_tokens is None:
+        longest = max(len(r.get("demonstration") or "") for r in rows)
+        max_new_tokens = min(256, int(1.5 * longest) + 16)
+    comps = sample_completions(model, tokenizer, [r["prompt"] for r in rows], k, temperature, seed, max_new_tokens)
+    rewards = [[task.verify(c, r["answer"]).reward for c in cs] for r, cs in zip(rows, comps)]
+    acc = sum(sum(x) for x in rewards) / (len(rows) * k)
+    if return_details:
+        return acc, {"rows": rows, "completions": comps, "rewards": rewards,
+                     "pass_at_k": sum(max(x) for x in rewards) / len(rows)}
+    return acc
+
+
+def _config_hash(d: dict) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def build_base_model(out_dir, task_name: str = "addition", seed: int = 0, steps: int | None = None,
+                     progress: bool = True, config: BaseModelConfig | None = None, measure: bool = True,
+                     num_threads: int | None = None) -> Path:
+    """Pre-train the base model for ``task_name`` and save it to ``out_dir``.
+
+    Writes into a temporary sibling directory and renames it into place, so a
+    crash never leaves a half-written ``out_dir``. Returns ``out_dir``.
+    """
+    from srft.tasks import get_task
+
+    cfg = config or BaseModelConfig()
+    if not cfg.corpus:
+        cfg.corpus = dict(DEFAULT_CORPUS.get(task_name, {}))
+    if steps is not None:
+        cfg.steps = steps
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    # Two threads on the 2-core reference machine. When other processes compete
+    # for the cores, one thread is much faster (OpenMP barriers stall), hence
+    # the SRFT_NUM_THREADS override.
+    torch.set_num_threads(num_threads or int(os.environ.get("SRFT_NUM_THREADS", 0)) or min(2, os.cpu_count() or 1))
+    task = get_task(task_name)
+    tokenizer = build_char_tokenizer(model_max_length=cfg.max_position_embeddings)
+    model = make_model(cfg, tokenizer, seed)
+    docs = _documents(task, cfg.steps * cfg.batch_size, seed, cfg.corpus)
+    losses = pretrain(model, tokenizer, docs, cfg, seed, progress)
+    train_time = time.time() - t0
+    metrics = {}
+    if measure:
+        for split in ("test_id", "test_ood"):
+            metrics[f"{split}_avg@{cfg.eval_k}"] = measure_accuracy(
+                model, tokenizer, task, split, cfg.eval_prompts, cfg.eval_k, cfg.eval_temperature, seed=seed
+            )
+            metrics[f"{split}_greedy"] = measure_accuracy(model, tokenizer, task, split, cfg.eval_prompts, 1, 0.0, seed=seed)
+    info = {
+        "format": BUILD_FORMAT,
+        "task": task_name,
+        "seed": seed,
+        "config": asdict(cfg),
+        "n_params": _count_params(model),
+        "final_loss": sum(losses[-50:]) / max(1, len(losses[-50:])),
+        "pretrain_seconds": round(train_time, 1),
+        "build_seconds": round(time.time() - t0, 1),
+        "accuracy": metrics,
+        "accuracy_note": f"avg@{cfg.eval_k}, temperature {cfg.eval_temperature}, {cfg.eval_prompts} prompts, seed {seed}",
+        "torch": torch.__version__,
+    }
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "srft_base.json").write_text(json.dumps(info, indent=2) + "\n")
+    if out_dir.exists():
+        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+        os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)
+    return out_dir
+
+
+def base_model_dirname(task_name: str, seed: int, config: BaseModelConfig | None = None) -> str:
+    cfg = config or BaseModelConfig()
+    d = asdict(cfg)
+    if not d["corpus"]:
+        d["corpus"] = dict(DEFAULT_CORPUS.get(task_name, {}))
+    d["format"] = BUILD_FORMAT
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in task_name)
+    return f"{safe}-seed{seed}-{_config_hash(d)}"
+
+
+def ensure_base_model(cache_dir, task_name: str = "addition", seed: int = 0, progress: bool = True,
+                      config: BaseModelConfig | None = None) -> Path:
+    """Path of the cached base model for (task, seed, recipe), building it first if needed."""
+    path = Path(cache_dir).expanduser() / base_model_dirname(task_name, seed, config)
+    if (path / "srft_base.json").is_file() and (path / "config.json").is_file():
+        return path
+    return build_base_model(path, task_name, seed, progress=progress, config=config)
+
+
+def load_base_model(path):
+    """(model, tokenizer) from a base-model directory."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)

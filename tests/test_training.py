@@ -123,9 +123,9 @@ def test_bad_rows_are_reported(tiny_model_dir, tmp_path):
     task = FileTask(str(rows), workers=1)
     tok = load_tokenizer(tiny_model_dir)
     kept, report = encode_rows(task.generate("train", 0, 0), tok, cfg.data, name="train")
-    summary = report.summary("train")
-    assert len(kept) == 1 and "kept 1 of 3 rows" in summary and "1 without an answer" in summary, summary
-    assert "demonstration over 48 tokens" in summary, summary
+    summary = report.summary
+    assert len(kept) == 1 and "kept 1 of 3 rows" in summary and "1 no answer" in summary, summary
+    assert "1 demonstration too long" in summary, summary
     # nothing usable at all: a clear error naming the fix
     only_bad = tmp_path / "bad.jsonl"
     only_bad.write_text('{"prompt": "2+2=", "demonstration": "2+2=4"}\n')

@@ -105,7 +105,7 @@ def run_benchmarks(engine, tokenizer, rows: list[dict], verifier, protocol: Prot
     """Sample, verify and aggregate. Returns (summary, per-question records with every completion).
 
     rows: normalised rows (``srft.data.loading.load_rows``): prompt, answer, data_source.
-    verifier: anything with ``score_batch(completions, golds) -> [Score]``.
+    verifier: anything with ``score_batch(completions, golds, kinds) -> [Score]`` (srft.rewards.Verifier).
     """
     from srft.models.loading import check_context, encode_prompt
 
@@ -126,7 +126,9 @@ def run_benchmarks(engine, tokenizer, rows: list[dict], verifier, protocol: Prot
         texts = [[tokenizer.decode(x, skip_special_tokens=True) for x in resp_k] for resp_k in responses]
         flat = [t for ts in texts for t in ts]
         golds = [r["answer"] for r, ts in zip(group, texts) for _ in ts]
-        scores = verifier.score_batch(flat, golds)
+        # Multiple-choice benchmarks are scored as choices even where a gold is a digit (some ARC-C rows).
+        kinds = ["choice" if r.get("data_source") in OOD_BENCHMARKS else None for r, ts in zip(group, texts) for _ in ts]
+        scores = verifier.score_batch(flat, golds, kinds=kinds)
         pos = 0
         for r, ts in zip(group, texts):
             sc = scores[pos:pos + len(ts)]

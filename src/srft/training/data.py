@@ -1,82 +1,74 @@
-"""Turn task rows into token ids, with the filtering the config asks for and a report of it."""
+"""Rows -> examples the loop can use: length filtering with a report, tokenisation on use.
+
+The filtering pass (:func:`srft.data.loading.filter_rows`) measures every prompt and
+demonstration once and keeps only the text; token ids are made when a step or an
+evaluation needs them. A 46k-row file of 8k-token demonstrations therefore costs its
+text in memory, not its text plus a Python list of ids per row.
+"""
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from srft.config import DataConfig
-from srft.data.loading import DataError
+from srft.data.loading import DataError, FilterReport, filter_rows
 from srft.models.loading import encode_prompt, encode_response
 
 
 @dataclass
 class Example:
     prompt: object  # str or chat messages, as the task or file gave it
-    prompt_ids: list[int]
     answer: str
-    demo_ids: list[int] | None  # demonstration tokens ending with EOS, or None
-    source: str = ""
+    demonstration: str | None
+    source: str
+    tokenizer: object
+    template: str = "auto"
+    max_response_tokens: int | None = None  # demonstrations are cut to this (too_long=truncate)
 
+    @property
+    def prompt_ids(self) -> list[int]:
+        return encode_prompt(self.tokenizer, self.prompt, self.template)
 
-@dataclass
-class DataReport:
-    total: int = 0
-    kept: int = 0
-    dropped: Counter = field(default_factory=Counter)
-    truncated: int = 0
-
-    def summary(self, name: str) -> str:
-        parts = [f"{n} {reason}" for reason, n in self.dropped.most_common()]
-        if self.truncated:
-            parts.append(f"{self.truncated} demonstrations truncated")
-        tail = f": {', '.join(parts)}" if parts else ""
-        return f"{name}: kept {self.kept} of {self.total} rows{tail}"
+    @property
+    def demo_ids(self) -> list[int] | None:
+        """Demonstration tokens ending with EOS (no EOS when it was cut to the limit), or None."""
+        if not self.demonstration:
+            return None
+        ids = encode_response(self.tokenizer, self.demonstration)
+        if self.max_response_tokens is not None and len(ids) > self.max_response_tokens:
+            ids = ids[:self.max_response_tokens]
+        return ids
 
 
 def encode_rows(rows: list[dict], tokenizer, cfg: DataConfig, *, name: str,
-                need_demo: bool = False) -> tuple[list[Example], DataReport]:
-    """Encode prompts and demonstrations; drop (and count) rows that cannot be used.
+                need_demo: bool = False) -> tuple[list[Example], FilterReport]:
+    """Filter rows by the config's limits and wrap them as examples.
 
-    A row needs a prompt and an answer. A prompt over ``max_prompt_tokens`` is dropped;
-    a demonstration over ``max_response_tokens`` (EOS included) is dropped or truncated
-    as ``too_long`` says. With ``need_demo``, rows without a demonstration are dropped.
+    Dropped and counted: rows without an answer or a prompt, prompts over
+    ``max_prompt_tokens``, demonstrations over ``max_response_tokens`` (EOS included;
+    cut instead with ``too_long=truncate``) and, with ``need_demo``, rows without a
+    demonstration. Raises DataError, saying what to change, when nothing is left.
     """
-    # Rows a file loader already left out (no answer, malformed prompt) count here too.
-    problems = getattr(rows, "problems", [])
-    report = DataReport(total=len(rows) + len(problems))
-    for _, reason, _ in problems:
-        report.dropped["without an answer" if reason == "no answer" else reason] += 1
-    out: list[Example] = []
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or "prompt" not in row:
             raise DataError(f"{name}: row {i} is not a mapping with a 'prompt' (got {str(row)[:80]!r}); "
                             f"a row needs 'prompt', 'answer' and optionally 'demonstration'")
-        answer = row.get("answer")
-        if answer is None or str(answer).strip() == "":
-            report.dropped["without an answer"] += 1
-            continue
-        try:
-            prompt_ids = encode_prompt(tokenizer, row["prompt"], cfg.template)
-        except ValueError as e:
-            raise DataError(f"{name}: row {i}: {e}") from e
-        if len(prompt_ids) > cfg.max_prompt_tokens:
-            report.dropped[f"prompt over {cfg.max_prompt_tokens} tokens"] += 1
-            continue
-        demo = row.get("demonstration")
-        demo_ids = encode_response(tokenizer, demo) if demo else None
-        if demo_ids is not None and len(demo_ids) > cfg.max_response_tokens:
-            if cfg.too_long == "drop":
-                report.dropped[f"demonstration over {cfg.max_response_tokens} tokens"] += 1
-                continue
-            demo_ids = demo_ids[:cfg.max_response_tokens]  # no EOS: the demonstration was cut
-            report.truncated += 1
-        if need_demo and demo_ids is None:
-            report.dropped["without a demonstration"] += 1
-            continue
-        out.append(Example(row["prompt"], prompt_ids, str(answer), demo_ids, str(row.get("data_source", ""))))
-    report.kept = len(out)
-    if not out:
-        raise DataError(f"{report.summary(name)}: nothing left to use. Raise data.max_prompt_tokens or "
-                        f"data.max_response_tokens, set data.too_long=truncate, or check the rows' answers")
-    return out, report
+
+    def n_tokens(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    # The response limit counts the EOS token that ends a demonstration.
+    kept, report = filter_rows(rows, n_tokens, cfg.max_prompt_tokens, cfg.max_response_tokens - 1, cfg.too_long)
+    if need_demo:
+        with_demo = [r for r in kept if r.get("demonstration")]
+        for r in kept:
+            if not r.get("demonstration"):
+                report._drop("without a demonstration", r.get("index"))
+        kept = with_demo
+        report.kept = len(kept)
+        if not kept:
+            raise DataError(f"{name}: {report.summary}: no row has a demonstration, which this method needs; "
+                            f"add demonstrations or use a method without them (--preset grpo)")
+    examples = [Example(r["prompt"], str(r["answer"]), r.get("demonstration"), str(r.get("data_source", "")),
+                        tokenizer, cfg.template, cfg.max_response_tokens) for r in kept]
+    return examples, report

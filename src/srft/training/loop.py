@@ -184,16 +184,16 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
     train_rows = task.generate("train", cfg.data.train_size, cfg.data.seed)
     train_set, report = encode_rows(train_rows, tokenizer, cfg.data, name="train",
                                     need_demo=cfg.objective.demonstrations)
-    say(report.summary("train"))
+    say(f"train: {report.summary}")
     tests = {}
     for split in getattr(task, "test_splits", TEST_SPLITS):
         rows = task.generate(split, cfg.data.test_size, cfg.data.seed)
         tests[split], rep = encode_rows(rows, tokenizer, cfg.data, name=split)
         if rep.kept < rep.total:
-            say(rep.summary(split))
+            say(f"{split}: {rep.summary}")
 
-    prompt_max = max(len(e.prompt_ids) for split in (train_set, *tests.values()) for e in split)
-    check_context(model, prompt_max, cfg.data.max_response_tokens, "data.max_response_tokens")
+    check_context(model, cfg.data.max_prompt_tokens, cfg.data.max_response_tokens,
+                  "data.max_prompt_tokens + data.max_response_tokens")
     model = wrap_model(model)
     ref_model = None
     if cfg.objective.kl_coef > 0:
@@ -347,21 +347,23 @@ def train_step(cfg: Config, step: int, model, ref_model, engine, tokenizer, task
     obj = cfg.objective
     idx = prompts_for_step(len(train_set), step, cfg.rollout.prompts_per_step, cfg.run.seed)
     examples = [train_set[i] for i in idx]
+    prompt_ids = [e.prompt_ids for e in examples]  # tokenised on use, once per step
+    demo_ids = [e.demo_ids if obj.demonstrations else None for e in examples]
 
     with timed("generate", times):
-        responses = engine.generate([e.prompt_ids for e in examples], cfg.rollout.n,
+        responses = engine.generate(prompt_ids, cfg.rollout.n,
                                     cfg.data.max_response_tokens, cfg.rollout.temperature, cfg.rollout.top_p)
 
     # (prompt ids, response ids, is_demo, group) for every sequence of the step
     seqs, is_demo, groups, texts, answers = [], [], [], [], []
-    for g, (ex, resp_n) in enumerate(zip(examples, responses)):
+    for g, (ex, p_ids, d_ids, resp_n) in enumerate(zip(examples, prompt_ids, demo_ids, responses)):
         for r in resp_n:
-            seqs.append((ex.prompt_ids, r))
+            seqs.append((p_ids, r))
             is_demo.append(False)
             groups.append(g)
             answers.append(ex.answer)
-        if obj.demonstrations and ex.demo_ids is not None:
-            seqs.append((ex.prompt_ids, ex.demo_ids))
+        if d_ids is not None:
+            seqs.append((p_ids, d_ids))
             is_demo.append(True)
             groups.append(g)
             answers.append(ex.answer)

@@ -1,7 +1,7 @@
-"""The built-in base model: a tiny Qwen2 pre-trained on noisy task text.
+"""The built-in base model: a tiny Llama pre-trained on noisy task text.
 
 ``build_base_model`` pre-trains a small decoder-only model (standard
-``Qwen2ForCausalLM``, character-level tokenizer) on "web-like" text that srft
+``LlamaForCausalLM``, character-level tokenizer) on "web-like" text that srft
 generates for a task (``task.pretraining_documents``): worked solutions in the
 task's step-by-step format where a fraction of the steps are wrong, mixed
 with answer-only lines. The model learns the format and the procedure but
@@ -39,12 +39,12 @@ import torch
 
 from srft.models.tokenizer import build_char_tokenizer
 
-BUILD_FORMAT = 1  # bump when the build recipe changes so caches are rebuilt
+BUILD_FORMAT = 2  # bump when the build recipe changes so caches are rebuilt
 
 
 @dataclass
 class BaseModelConfig:
-    # architecture (Qwen2)
+    # architecture (Llama)
     hidden_size: int = 128
     num_hidden_layers: int = 4
     num_attention_heads: int = 4
@@ -79,10 +79,12 @@ def _count_params(model) -> int:
 
 
 def make_model(cfg: BaseModelConfig, tokenizer, seed: int):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    # Llama rather than Qwen2: next to a qwen2 config.json, transformers 5 forces its Qwen2
+    # tokenizer class onto AutoTokenizer, which mangles the character tokenizer.
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = Qwen2Config(
+    config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=cfg.hidden_size,
         intermediate_size=cfg.intermediate_size,
@@ -96,7 +98,7 @@ def make_model(cfg: BaseModelConfig, tokenizer, seed: int):
         eos_token_id=tokenizer.eos_token_id,
         use_cache=True,
     )
-    model = Qwen2ForCausalLM(config)
+    model = LlamaForCausalLM(config)
     gc = model.generation_config
     gc.pad_token_id, gc.eos_token_id, gc.bos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id
     gc.do_sample, gc.temperature, gc.top_k, gc.top_p = True, 1.0, 0, 1.0

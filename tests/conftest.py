@@ -20,3 +20,16 @@ def tiny_model_dir(tmp_path_factory):
     LlamaForCausalLM(config).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def base_cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("srft_cache")
+
+
+@pytest.fixture(scope="session")
+def built_base_model(base_cache_dir):
+    """The default built-in base model, built once per test session (a few minutes: slow tests only)."""
+    from srft.models.base_model import ensure_base_model
+
+    return ensure_base_model(base_cache_dir, task_name="addition", seed=0, progress=False)

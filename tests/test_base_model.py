@@ -60,7 +60,7 @@ def test_tiny_build_save_load_identical_logits(tmp_path):
 
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     tok = AutoTokenizer.from_pretrained(out)
-    assert model.config.model_type == "qwen2"
+    assert model.config.model_type == "llama"
     ids = tok(["12+34=4+2=6"], return_tensors="pt").input_ids
     with torch.no_grad():
         logits1 = model(ids).logits
@@ -137,7 +137,6 @@ def test_ensure_base_model_caches(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_default_recipe_gives_partial_competence(tmp_path):
-    out = build_base_model(tmp_path / "base", "addition", seed=0, progress=False)
-    acc = json.loads((out / "srft_base.json").read_text())["accuracy"]["test_id_avg@8"]
+def test_default_recipe_gives_partial_competence(built_base_model):
+    acc = json.loads((built_base_model / "srft_base.json").read_text())["accuracy"]["test_id_avg@8"]
     assert 0.05 <= acc <= 0.5

@@ -45,6 +45,7 @@ def test_grpo_run_has_no_demonstration_terms(tiny_model_dir, tmp_path):
     for r in records:
         assert r["n_demos"] == 0 and r["loss_sft"] == 0 and r["loss_offpolicy"] == 0
         assert r["loss_pos"] == 0 and r["loss_neg"] == 0
+        assert r["w_sft"] is None and r["w_rl"] is None  # not used by GRPO
 
 
 def test_resume_continues_where_it_stopped(tiny_model_dir, tmp_path):

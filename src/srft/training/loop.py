@@ -252,9 +252,8 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
             completed = step + 1
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(acc=f"{record['rollout_acc']:.2f}", H=f"{record['entropy_rollout']:.2f}",
-                                w_sft=f"{record['w_sft']:.2f}", w_rl=f"{record['w_rl']:.2f}",
-                                loss=f"{record['loss']:.3f}")
+                bar.set_postfix({k: f"{record[k]:.3g}" for k in ("rollout_acc", "entropy_rollout", "w_sft", "w_rl",
+                                                                   "loss") if record[k] is not None})
             done = step + 1
             if cfg.run.eval_every and done % cfg.run.eval_every == 0 and done < cfg.run.steps:
                 t0 = time.perf_counter()
@@ -330,9 +329,12 @@ def summary_table(summary: dict, records: list[dict], run_dir: Path) -> str:
         lines.append(f"{s:<10} {summary['before'][s]:>8.3f} {summary['after'][s]:>8.3f}")
     if records:
         last = records[-10:]
-        mean = lambda key: sum(r[key] for r in last) / len(last)  # noqa: E731
-        lines.append(f"last 10 steps: rollout acc {mean('rollout_acc'):.3f}, entropy {mean('entropy_rollout'):.3f}, "
-                     f"w_sft {mean('w_sft'):.3f}, w_rl {mean('w_rl'):.3f}")
+        parts = []
+        for key in ("rollout_acc", "entropy_rollout", "w_sft", "w_rl"):
+            vals = [r[key] for r in last if r[key] is not None]
+            if vals:
+                parts.append(f"{key} {sum(vals) / len(vals):.3f}")
+        lines.append("last 10 steps: " + ", ".join(parts))
     lines.append(f"run directory: {run_dir}")
     return "\n".join(lines)
 
@@ -440,8 +442,9 @@ def train_step(cfg: Config, step: int, model, ref_model, engine, tokenizer, task
         "n_demos": int(is_demo_N.sum()),
         "entropy_rollout": acc["ent_roll"] / max(acc["tok_roll"], 1),
         "entropy_demo": acc["ent_demo"] / acc["tok_demo"] if acc["tok_demo"] else None,
-        "w_sft": acc["w_sft"] / acc["tok_demo"] if acc["tok_demo"] else 0.0,
-        "w_rl": acc["w_rl"] / max(acc["tok_roll"], 1),
+        # the weights as applied: None where the method does not use them
+        "w_sft": acc["w_sft"] / acc["tok_demo"] if acc["tok_demo"] and obj.sft_coef else None,
+        "w_rl": acc["w_rl"] / max(acc["tok_roll"], 1) if obj.self_rollout == "srft" else None,
         "demo_prob": acc["prob_demo"] / acc["tok_demo"] if acc["tok_demo"] else None,
         **sums,
         "loss": sum(sums.values()),

@@ -86,16 +86,27 @@ class ObjectiveConfig:
     adv_norm: Literal["std", "mean"] = _f("std", "Group advantage: (r-mean)/(std+eps) or r-mean.")
     adv_eps: float = _f(1e-6, "Epsilon in the advantage's denominator.")
     sft_coef: float = _f(0.5, "c_sft in w_SFT = c_sft * sg(exp(-H)) on demonstration tokens; 0 disables the SFT term.")
-    sft_weight: Literal["exp", "constant"] = _f("exp", "w_SFT as the entropy-aware exp(-H) (paper) or the constant c_sft.")
+    sft_weight: Literal["exp", "constant", "prob", "phi"] = _f(
+        "exp", "w_SFT per token: c_sft * sg(exp(-H)) (exp, the paper), c_sft (constant), c_sft * sg(pi) (prob, DFT) "
+        "or c_sft * sg(pi*(1-pi)) (phi, CHORD-phi); pi = the token's probability.")
     offpolicy_coef: float = _f(1.0, "Weight of the off-policy RL term -A*f(pi) on demonstrations; 0 disables it.")
     offpolicy_shaping: Literal["identity", "luffy"] = _f("identity", "f(pi): pi, or LUFFY's pi/(pi+gamma).")
     shaping_gamma: float = _f(0.1, "gamma in LUFFY's shaping pi/(pi+gamma).")
-    self_rollout: Literal["srft", "grpo"] = _f("srft", "Loss on own rollouts: SRFT's weighted log-likelihood terms, or the clipped GRPO surrogate.")
+    self_rollout: Literal["srft", "grpo", "none"] = _f(
+        "srft", "Loss on own rollouts: SRFT's weighted log-likelihood terms, the clipped GRPO surrogate, or none "
+        "(rollouts are still generated and logged but get no policy term, e.g. for SFT).")
     rl_coef: float = _f(0.1, "c_rl in w_RL = c_rl * sg(exp(H)) on correct rollouts.")
     rl_weight: Literal["exp", "constant"] = _f("exp", "w_RL as the entropy-aware exp(H) (paper) or the constant c_rl.")
     neg_coef: float = _f(1.0, "Weight of the +log pi term on wrong rollouts (the paper uses 1).")
     clip_eps: float = _f(0.2, "GRPO surrogate: lower clip range.")
     clip_eps_high: float = _f(0.2, "GRPO surrogate: upper clip range (DAPO's clip-higher uses e.g. 0.28).")
+    mix: Literal["add", "chord"] = _f(
+        "add", "How the SFT term and the RL terms combine: add (each with its own coefficient) or chord: "
+        "(1-mu) * (every other term) + mu * (SFT term), mu following the mu_* schedule over training steps.")
+    mu_peak: float = _f(0.9, "mix=chord: mu at the end of the warm-up (the largest SFT share).")
+    mu_valley: float = _f(0.05, "mix=chord: mu after the cosine decay (and throughout when there is no warm-up or decay).")
+    mu_warmup_steps: int = _f(0, "mix=chord: steps of linear warm-up of mu from 0 to mu_peak.")
+    mu_decay_steps: int = _f(0, "mix=chord: steps of cosine decay of mu from mu_peak to mu_valley after the warm-up.")
     entropy_granularity: Literal["token", "sequence", "batch"] = _f("sequence", "Entropy H used in the weights: per token, per sequence mean, or batch mean.")
     entropy_coef: float = _f(0.001, "Entropy bonus coefficient (loss -= coef * entropy).")
     kl_coef: float = _f(0.0, "KL penalty to the frozen initial model (k3 estimator); 0 = no reference model.")
@@ -297,6 +308,14 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"rollout.top_p must be in (0, 1], got {cfg.rollout.top_p}")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
+    o = cfg.objective
+    if o.mix == "chord":
+        for key in ("mu_peak", "mu_valley"):
+            if not 0 <= getattr(o, key) <= 1:
+                raise ConfigError(f"objective.{key} must be in [0, 1], got {getattr(o, key)}")
+        for key in ("mu_warmup_steps", "mu_decay_steps"):
+            if getattr(o, key) < 0:
+                raise ConfigError(f"objective.{key} must be >= 0, got {getattr(o, key)}")
     if len(cfg.optim.betas) != 2:
         raise ConfigError(f"optim.betas must have two values, got {cfg.optim.betas}")
 

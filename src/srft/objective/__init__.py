@@ -3,11 +3,14 @@
 from srft.objective.combine import TERMS, token_losses
 from srft.objective.losses import (
     agg_loss,
+    chord_mu,
     entropy_for_weights,
     group_advantages,
     grpo_loss,
     kl_k3,
     offpolicy_loss,
+    phi_weight,
+    prob_weight,
     rl_weight,
     self_rollout_loss,
     sft_loss,
@@ -16,6 +19,6 @@ from srft.objective.losses import (
 )
 
 __all__ = [
-    "TERMS", "token_losses", "agg_loss", "entropy_for_weights", "group_advantages", "grpo_loss", "kl_k3",
-    "offpolicy_loss", "rl_weight", "self_rollout_loss", "sft_loss", "sft_weight", "token_logprobs_and_entropy",
+    "TERMS", "token_losses", "agg_loss", "chord_mu", "entropy_for_weights", "group_advantages", "grpo_loss", "kl_k3",
+    "offpolicy_loss", "phi_weight", "prob_weight", "rl_weight", "self_rollout_loss", "sft_loss", "sft_weight", "token_logprobs_and_entropy",
 ]

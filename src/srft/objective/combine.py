@@ -5,6 +5,9 @@ terms that apply to its sequence's kind, so every term is a ``[B, T]`` tensor th
 zero where it does not apply. The caller reduces each term with the same
 :func:`~srft.objective.losses.agg_loss` call; because the reduction is linear, the
 reduced terms add up to the reduced total, and they can be logged one by one.
+
+With ``mix: chord`` the SFT term is scaled by CHORD's mu(step) and every other term by
+(1 - mu); the caller passes the optimiser step as ``step`` (default 0).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import torch
 
 from srft.config import ObjectiveConfig
 from srft.objective.losses import (
+    chord_mu,
     entropy_for_weights,
     grpo_loss,
     kl_k3,
@@ -37,8 +41,13 @@ def token_losses(
     adv_B: torch.Tensor,  # [B] group advantage
     old_logp_BT: torch.Tensor | None = None,  # [B, T] rollout-time log-probs (GRPO ratio)
     ref_logp_BT: torch.Tensor | None = None,  # [B, T] frozen reference log-probs (KL)
+    *,
+    step: int = 0,  # the optimiser step (0-based): CHORD's mu schedule
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Return (terms, weights): terms name -> [B, T] loss, weights 'w_sft'/'w_rl' -> [B, T] (detached)."""
+    """Return (terms, weights): terms name -> [B, T] loss, weights 'w_sft'/'w_rl' -> [B, T] (detached).
+
+    'w_sft' is the SFT weight as applied, CHORD's mu included.
+    """
     mask = mask_BT.to(logp_BT.dtype)
     demo_BT = is_demo_B.unsqueeze(-1).to(mask.dtype) * mask  # [B, T]
     roll_BT = (~is_demo_B).unsqueeze(-1).to(mask.dtype) * mask  # [B, T]
@@ -47,7 +56,14 @@ def token_losses(
     # The entropy of each kind is taken over that kind's tokens only.
     h_demo_BT = entropy_for_weights(entropy_BT, demo_BT, cfg.entropy_granularity)
     h_roll_BT = entropy_for_weights(entropy_BT, roll_BT, cfg.entropy_granularity)
-    w_sft_BT = sft_weight(h_demo_BT, cfg.sft_coef, cfg.sft_weight) * demo_BT
+    if cfg.mix == "chord":
+        mu = chord_mu(step, cfg.mu_peak, cfg.mu_valley, cfg.mu_warmup_steps, cfg.mu_decay_steps)
+        sft_share, rl_share = mu, 1.0 - mu
+    elif cfg.mix == "add":
+        sft_share, rl_share = 1.0, 1.0
+    else:
+        raise ValueError(f"mix must be add or chord, got {cfg.mix!r}")
+    w_sft_BT = sft_share * sft_weight(h_demo_BT, cfg.sft_coef, cfg.sft_weight, logp_BT) * demo_BT
     w_rl_BT = rl_weight(h_roll_BT, cfg.rl_coef, cfg.rl_weight) * roll_BT
 
     terms = {name: zeros for name in TERMS}
@@ -65,12 +81,14 @@ def token_losses(
         old = old_logp_BT if old_logp_BT is not None else logp_BT.detach()
         surrogate_BT, _ = grpo_loss(logp_BT, old, adv_B, cfg.clip_eps, cfg.clip_eps_high)
         terms["grpo"] = surrogate_BT * roll_BT
-    else:
-        raise ValueError(f"self_rollout must be srft or grpo, got {cfg.self_rollout!r}")
+    elif cfg.self_rollout != "none":
+        raise ValueError(f"self_rollout must be srft, grpo or none, got {cfg.self_rollout!r}")
     if cfg.entropy_coef != 0:
         terms["entropy_bonus"] = -cfg.entropy_coef * entropy_BT * roll_BT
     if cfg.kl_coef != 0:
         if ref_logp_BT is None:
             raise ValueError("kl_coef > 0 needs the reference model's log-probs")
         terms["kl"] = cfg.kl_coef * kl_k3(logp_BT, ref_logp_BT) * roll_BT
+    if rl_share != 1.0:
+        terms = {name: t if name == "sft" else rl_share * t for name, t in terms.items()}
     return terms, {"w_sft": w_sft_BT, "w_rl": w_rl_BT}

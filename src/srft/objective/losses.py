@@ -15,7 +15,12 @@ actually in the sequence and ``H`` the policy's entropy:
   ``f(pi) = pi`` or LUFFY's ``pi / (pi + gamma)``;
 - own correct rollouts:         ``w_RL * (-log pi)``,  ``w_RL = c_rl * sg(exp(H))``, c_rl = 0.1;
 - own wrong rollouts:           ``+log pi`` (weight 1);
-- or, instead of the last two, the clipped GRPO surrogate (``self_rollout: grpo``).
+- or, instead of the last two, the clipped GRPO surrogate (``self_rollout: grpo``), or no
+  term at all (``self_rollout: none``, for SFT-only methods).
+
+Pieces for the peer methods (presets sft, dft, luffy, chord, chord-phi): the SFT weight
+can also be the token's own probability ``sg(pi)`` (DFT) or ``sg(pi (1 - pi))``
+(CHORD-phi), and :func:`chord_mu` is CHORD's schedule of the SFT share mu over steps.
 
 Where this implementation departs from the paper or chooses what it leaves open:
 
@@ -39,6 +44,7 @@ Where this implementation departs from the paper or chooses what it leaves open:
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -118,13 +124,56 @@ def entropy_for_weights(entropy_BT: torch.Tensor, mask_BT: torch.Tensor,
     return h_BT * mask_BT.to(h_BT.dtype)
 
 
-def sft_weight(h_BT: torch.Tensor, coef: float = 0.5, mode: str = "exp") -> torch.Tensor:
-    """w_SFT = coef * sg(exp(-H)) ('exp') or coef ('constant'); [B, T], no gradient."""
+def sft_weight(h_BT: torch.Tensor, coef: float = 0.5, mode: str = "exp",
+               logp_BT: torch.Tensor | None = None) -> torch.Tensor:
+    """The per-token weight of the SFT term; [B, T], no gradient.
+
+    exp:      coef * sg(exp(-H))       (SRFT, entropy-aware);
+    constant: coef                     (plain cross-entropy);
+    prob:     coef * sg(pi)            (DFT: the loss becomes sg(pi) * (-log pi));
+    phi:      coef * sg(pi * (1 - pi)) (CHORD-phi: small for tokens the policy is sure of
+              either way, largest at pi = 1/2).
+    ``prob`` and ``phi`` need ``logp_BT``, the log-probability of each token.
+    """
     if mode == "exp":
         return coef * torch.exp(-h_BT.detach())
     if mode == "constant":
         return torch.full_like(h_BT, coef).detach()
-    raise ValueError(f"sft weight mode must be exp or constant, got {mode!r}")
+    if mode in ("prob", "phi"):
+        if logp_BT is None:
+            raise ValueError(f"sft weight mode {mode!r} needs the token log-probabilities")
+        return coef * (prob_weight(logp_BT) if mode == "prob" else phi_weight(logp_BT))
+    raise ValueError(f"sft weight mode must be exp, constant, prob or phi, got {mode!r}")
+
+
+def prob_weight(logp_BT: torch.Tensor) -> torch.Tensor:
+    """sg(pi) per token, DFT's weight; [B, T], no gradient."""
+    return logp_BT.detach().exp()
+
+
+def phi_weight(logp_BT: torch.Tensor) -> torch.Tensor:
+    """sg(pi * (1 - pi)) per token, CHORD-phi's weight, in [0, 1/4]; [B, T], no gradient."""
+    prob_BT = logp_BT.detach().exp()
+    return prob_BT * (1 - prob_BT)
+
+
+def chord_mu(step: int, peak: float, valley: float, warmup_steps: int, decay_steps: int) -> float:
+    """CHORD's global SFT share mu at optimiser step ``step`` (0-based).
+
+    Warm-up: linear from 0 to ``peak``, ``mu = peak * (step + 1) / warmup_steps`` for
+    step < warmup_steps (the convention of the learning-rate warm-up, so that step 0
+    already has a non-zero SFT share); then a cosine decay from ``peak`` to ``valley``
+    over ``decay_steps`` steps; then ``valley`` for good. With no warm-up and no decay
+    steps mu is ``valley`` throughout (a constant mu: set peak = valley).
+    """
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    if warmup_steps > 0 and step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    since = step - max(warmup_steps, 0)
+    if decay_steps > 0 and since < decay_steps:
+        return valley + (peak - valley) * 0.5 * (1 + math.cos(math.pi * since / decay_steps))
+    return valley
 
 
 def rl_weight(h_BT: torch.Tensor, coef: float = 0.1, mode: str = "exp") -> torch.Tensor:

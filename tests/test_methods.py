@@ -1,0 +1,304 @@
+"""Peer methods that only need the objective: SFT, DFT, LUFFY, CHORD(-phi), SRFT ablations.
+
+Hand-computed weights and mu schedule, stop-gradients, the term wiring of token_losses,
+and for every preset a two-step run on the tiny model checking which loss terms are on.
+"""
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+
+from srft.config import ConfigError, ObjectiveConfig, list_presets, load_config
+from srft.objective import (
+    TERMS,
+    agg_loss,
+    chord_mu,
+    phi_weight,
+    prob_weight,
+    sft_weight,
+    token_logprobs_and_entropy,
+    token_losses,
+)
+
+LN2 = math.log(2.0)
+
+
+# --------------------------------------------------------------------------- hand-computed weights
+
+
+def test_prob_weight_by_hand():
+    logp = torch.log(torch.tensor([[0.5, 0.25, 1.0]]))
+    # DFT: w = sg(pi) -> [0.5, 0.25, 1.0]
+    torch.testing.assert_close(prob_weight(logp), torch.tensor([[0.5, 0.25, 1.0]]))
+    # with c_sft = 2: [1.0, 0.5, 2.0]
+    torch.testing.assert_close(sft_weight(torch.zeros(1, 3), 2.0, "prob", logp), torch.tensor([[1.0, 0.5, 2.0]]))
+
+
+def test_phi_weight_by_hand():
+    logp = torch.log(torch.tensor([[0.5, 0.25, 1.0, 0.9]]))
+    # phi = pi (1 - pi): 0.5 * 0.5 = 0.25; 0.25 * 0.75 = 0.1875; 1 * 0 = 0; 0.9 * 0.1 = 0.09
+    expected = torch.tensor([[0.25, 0.1875, 0.0, 0.09]])
+    torch.testing.assert_close(phi_weight(logp), expected)
+    torch.testing.assert_close(sft_weight(torch.zeros(1, 4), 0.1, "phi", logp), 0.1 * expected)
+
+
+def test_prob_and_phi_need_the_log_probs():
+    for mode in ("prob", "phi"):
+        with pytest.raises(ValueError, match="log-probabilities"):
+            sft_weight(torch.zeros(1, 2), 1.0, mode)
+    with pytest.raises(ValueError, match="exp, constant, prob or phi"):
+        sft_weight(torch.zeros(1, 2), 1.0, "nope")
+
+
+def test_chord_mu_by_hand():
+    peak, valley, warm, decay = 0.9, 0.05, 10, 200
+    mu = lambda s: chord_mu(s, peak, valley, warm, decay)  # noqa: E731
+    # warm-up: peak * (step + 1) / 10: step 0 -> 0.09, step 4 -> 0.45, step 9 -> 0.9
+    assert mu(0) == pytest.approx(0.09) and mu(4) == pytest.approx(0.45) and mu(9) == pytest.approx(0.9)
+    # decay starts at step 10 with cos(0) = 1 -> peak
+    assert mu(10) == pytest.approx(0.9)
+    # step 60: 50 of 200 decay steps, 0.05 + 0.85 * 0.5 * (1 + cos(pi/4)) = 0.05 + 0.425 * 1.70711 = 0.77552
+    assert mu(60) == pytest.approx(0.77552, abs=1e-5)
+    # step 110: half way, cos(pi/2) = 0 -> 0.05 + 0.425 = 0.475
+    assert mu(110) == pytest.approx(0.475)
+    # step 210 and later: the valley
+    assert mu(210) == pytest.approx(0.05) and mu(10_000) == pytest.approx(0.05)
+    # no warm-up: starts at the peak; no warm-up and no decay: the valley throughout
+    assert chord_mu(0, 0.8, 0.2, 0, 4) == pytest.approx(0.8)
+    assert chord_mu(2, 0.8, 0.2, 0, 4) == pytest.approx(0.5)  # 0.2 + 0.6 * 0.5 * (1 + cos(pi/2))
+    assert chord_mu(0, 0.8, 0.2, 0, 0) == chord_mu(50, 0.8, 0.2, 0, 0) == pytest.approx(0.2)
+    # monotone: up during the warm-up, down during the decay
+    values = [mu(s) for s in range(0, 250)]
+    assert all(a <= b for a, b in zip(values[:10], values[1:10]))
+    assert all(a >= b for a, b in zip(values[10:], values[11:]))
+
+
+def test_chord_mu_config_is_checked():
+    with pytest.raises(ConfigError, match="mu_peak"):
+        load_config("chord", None, ["objective.mu_peak=1.5"])
+    with pytest.raises(ConfigError, match="mu_decay_steps"):
+        load_config("chord", None, ["objective.mu_decay_steps=-1"])
+
+
+# --------------------------------------------------------------------------- stop-gradients
+
+
+def _logits(seed: int, B: int = 4, T: int = 5, V: int = 7):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(B, T, V, generator=g, requires_grad=True)
+    tokens = torch.randint(0, V, (B, T), generator=g)
+    return logits, tokens
+
+
+@pytest.mark.parametrize("mode", ["prob", "phi"])
+def test_prob_and_phi_weights_carry_no_gradient(mode):
+    logits, tokens = _logits(1)
+    logp, ent = token_logprobs_and_entropy(logits, tokens)
+    w = sft_weight(ent, 1.0, mode, logp)
+    assert not w.requires_grad
+    # The SFT term's gradient is that of -log pi times a constant: if the weight let
+    # gradient through, d(-pi log pi) would add -log pi * d(pi) for DFT.
+    B, T = tokens.shape
+    mask = torch.ones(B, T)
+    is_demo = torch.ones(B, dtype=torch.bool)
+    cfg = ObjectiveConfig(sft_coef=1.0, sft_weight=mode, offpolicy_coef=0.0, self_rollout="none", entropy_coef=0.0)
+    terms, weights = token_losses(cfg, logp, ent, mask, is_demo, torch.zeros(B, dtype=torch.bool), torch.zeros(B))
+    (g_term,) = torch.autograd.grad(terms["sft"].sum(), logits)
+    logp2, _ = token_logprobs_and_entropy(logits, tokens)
+    const_w = weights["w_sft"].clone()
+    (g_const,) = torch.autograd.grad((const_w * -logp2).sum(), logits)
+    torch.testing.assert_close(g_term, g_const)
+    # and it differs from the gradient with the weight not detached
+    logp3, _ = token_logprobs_and_entropy(logits, tokens)
+    p3 = logp3.exp()
+    w_live = p3 if mode == "prob" else p3 * (1 - p3)
+    (g_live,) = torch.autograd.grad((w_live * -logp3).sum(), logits)
+    assert not torch.allclose(g_term, g_live)
+
+
+# --------------------------------------------------------------------------- token_losses wiring
+
+
+def _two_sequences():
+    # row 0: a demonstration with token probabilities [0.5, 0.25]; row 1: a correct rollout [0.5, 0.5]
+    logp = torch.log(torch.tensor([[0.5, 0.25], [0.5, 0.5]])).requires_grad_(True)
+    ent = torch.full((2, 2), LN2)
+    mask = torch.ones(2, 2)
+    is_demo = torch.tensor([True, False])
+    correct = torch.tensor([True, True])
+    adv = torch.tensor([0.75, -0.25])
+    return logp, ent, mask, is_demo, correct, adv
+
+
+def test_dft_term_by_hand():
+    logp, ent, mask, is_demo, correct, adv = _two_sequences()
+    cfg = load_config("dft").objective
+    terms, weights = token_losses(cfg, logp, ent, mask, is_demo, correct, adv)
+    # demo: sg(pi) * (-log pi) = 0.5 * ln 2 and 0.25 * 2 ln 2 = 0.5 ln 2; the rollout row: 0
+    torch.testing.assert_close(terms["sft"], torch.tensor([[0.5 * LN2, 0.5 * LN2], [0.0, 0.0]]))
+    torch.testing.assert_close(weights["w_sft"], torch.tensor([[0.5, 0.25], [0.0, 0.0]]))
+    for name in TERMS:
+        if name != "sft":
+            assert torch.count_nonzero(terms[name]) == 0, name
+
+
+def test_sft_preset_trains_on_demonstrations_only():
+    logp, ent, mask, is_demo, correct, adv = _two_sequences()
+    cfg = load_config("sft").objective
+    for correct_rollout in (True, False):
+        terms, _ = token_losses(cfg, logp, ent, mask, is_demo, torch.tensor([True, correct_rollout]), adv)
+        # demo: 1 * (-log pi) = [ln 2, 2 ln 2]
+        torch.testing.assert_close(terms["sft"], torch.tensor([[LN2, 2 * LN2], [0.0, 0.0]]))
+        for name in TERMS:
+            if name != "sft":
+                assert torch.count_nonzero(terms[name]) == 0, name
+
+
+def test_luffy_terms_by_hand():
+    logp, ent, mask, is_demo, correct, adv = _two_sequences()
+    cfg = load_config("luffy").objective
+    terms, _ = token_losses(cfg, logp, ent, mask, is_demo, correct, adv)
+    # demo: -A * pi / (pi + 0.1) with A = 0.75: pi = 0.5 -> -0.75 * 0.5 / 0.6 = -0.625;
+    #   pi = 0.25 -> -0.75 * 0.25 / 0.35 = -0.535714
+    torch.testing.assert_close(terms["offpolicy"], torch.tensor([[-0.625, -0.535714], [0.0, 0.0]]))
+    # rollout: ratio 1 (old = current, detached) -> -A = 0.25 per token
+    torch.testing.assert_close(terms["grpo"], torch.tensor([[0.0, 0.0], [0.25, 0.25]]))
+    # entropy bonus -0.001 * ln 2 on rollout tokens; no SFT, no SRFT terms
+    torch.testing.assert_close(terms["entropy_bonus"], torch.tensor([[0.0, 0.0], [-0.001 * LN2] * 2]))
+    for name in ("sft", "pos", "neg", "kl"):
+        assert torch.count_nonzero(terms[name]) == 0, name
+
+
+def test_chord_scales_sft_by_mu_and_the_rest_by_one_minus_mu():
+    logp, ent, mask, is_demo, correct, adv = _two_sequences()
+    chord = load_config("chord").objective
+    plain = load_config("chord", None, ["objective.mix=add"]).objective
+    base, _ = token_losses(plain, logp, ent, mask, is_demo, correct, adv)
+    for step in (0, 4, 60, 500):
+        mu = chord_mu(step, 0.9, 0.05, 10, 200)
+        terms, weights = token_losses(chord, logp, ent, mask, is_demo, correct, adv, step=step)
+        for name in TERMS:
+            share = mu if name == "sft" else 1 - mu
+            torch.testing.assert_close(terms[name], share * base[name], msg=f"{name} at step {step}")
+        # the logged weight is the applied one: mu * 1 on demonstration tokens
+        torch.testing.assert_close(weights["w_sft"], torch.tensor([[mu, mu], [0.0, 0.0]]))
+    # step 0 by hand: mu = 0.09; sft = 0.09 * [ln 2, 2 ln 2]; grpo = 0.91 * 0.25
+    terms, _ = token_losses(chord, logp, ent, mask, is_demo, correct, adv)  # step defaults to 0
+    torch.testing.assert_close(terms["sft"][0], torch.tensor([0.09 * LN2, 0.18 * LN2]))
+    torch.testing.assert_close(terms["grpo"][1], torch.tensor([0.2275, 0.2275]))
+
+
+def test_chord_phi_weight_in_token_losses():
+    logp, ent, mask, is_demo, correct, adv = _two_sequences()
+    cfg = load_config("chord-phi").objective
+    terms, weights = token_losses(cfg, logp, ent, mask, is_demo, correct, adv, step=123)
+    # mu = 0.1 at every step; phi = [0.25, 0.1875] -> w = [0.025, 0.01875]
+    torch.testing.assert_close(weights["w_sft"], torch.tensor([[0.025, 0.01875], [0.0, 0.0]]))
+    # sft = w * (-log pi) = [0.025 ln 2, 0.01875 * 2 ln 2]
+    torch.testing.assert_close(terms["sft"], torch.tensor([[0.025 * LN2, 0.0375 * LN2], [0.0, 0.0]]))
+    torch.testing.assert_close(terms["grpo"], torch.tensor([[0.0, 0.0], [0.225, 0.225]]))  # 0.9 * 0.25
+
+
+@pytest.mark.parametrize("preset", list_presets())
+def test_terms_add_up_to_the_total(preset):
+    g = torch.Generator().manual_seed(7)
+    B, T, V = 8, 6, 5
+    logits = torch.randn(B, T, V, generator=g, requires_grad=True)
+    tokens = torch.randint(0, V, (B, T), generator=g)
+    mask = (torch.arange(T) < torch.randint(1, T + 1, (B, 1), generator=g)).float()
+    is_demo = torch.tensor([True, False, False, False] * 2)
+    correct = torch.tensor([True, True, False, False] * 2)
+    adv = torch.randn(B, generator=g)
+    logp, ent = token_logprobs_and_entropy(logits, tokens)
+    cfg = load_config(preset).objective
+    terms, _ = token_losses(cfg, logp, ent, mask, is_demo, correct, adv, step=3)
+    assert set(terms) == set(TERMS)
+    for name, t in terms.items():
+        assert t.shape == (B, T), name
+        assert torch.count_nonzero(t * (1 - mask)) == 0, f"{name} is non-zero on padding"
+    reduced = [agg_loss(t, mask, cfg.loss_agg) for t in terms.values()]
+    total = agg_loss(sum(terms.values()), mask, cfg.loss_agg)
+    torch.testing.assert_close(sum(reduced), total)
+
+
+# --------------------------------------------------------------------------- every preset, two steps
+
+# The loss terms each preset must make non-zero; every other term must be exactly 0.
+# (Rewards are forced to be mixed in every group, see _mixed_rewards, so that every
+# advantage-dependent term and both SRFT rollout terms have something to act on.)
+ACTIVE = {
+    "srft": {"sft", "offpolicy", "pos", "neg", "entropy_bonus"},
+    "srft-no-wsft": {"sft", "offpolicy", "pos", "neg", "entropy_bonus"},
+    "srft-no-wrl": {"sft", "offpolicy", "pos", "neg", "entropy_bonus"},
+    "grpo": {"grpo", "entropy_bonus"},
+    "sft": {"sft"},
+    "dft": {"sft"},
+    "luffy": {"offpolicy", "grpo", "entropy_bonus"},
+    "chord": {"sft", "grpo", "entropy_bonus"},
+    "chord-phi": {"sft", "grpo", "entropy_bonus"},
+}
+
+
+def _mixed_rewards(monkeypatch):
+    """Score as the task does, but count every third sequence of a step as correct.
+
+    The tiny random model never answers correctly; with 3 rollouts (+ 1 demonstration)
+    per prompt, every group then has a correct and a wrong rollout.
+    """
+    import srft.training.loop as loop
+
+    real = loop.verify_all
+
+    def verify_all(task, texts, answers):
+        scores = real(task, texts, answers)
+        return [dataclasses.replace(s, reward=1.0, correct=True) if i % 3 == 0 else s
+                for i, s in enumerate(scores)]
+
+    monkeypatch.setattr(loop, "verify_all", verify_all)
+
+
+@pytest.fixture
+def one_thread():
+    """model.threads=1 (ten times faster for the tiny model here); the thread count is restored after."""
+    before = torch.get_num_threads()
+    yield "model.threads=1"
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("preset", list_presets())
+def test_preset_runs_with_the_right_terms(preset, tiny_model_dir, tmp_path, monkeypatch, one_thread):
+    from srft.training.loop import train
+
+    assert preset in ACTIVE, f"add preset '{preset}' to ACTIVE with the loss terms it must make non-zero"
+    _mixed_rewards(monkeypatch)
+    cfg = load_config(preset, None, [
+        f"model.path={tiny_model_dir}", "run.steps=2", "run.eval_every=0", "run.save_every=0", "run.eval_k=2",
+        "run.progress=false", "run.plots=false", "rollout.prompts_per_step=2", "rollout.n=3",
+        "data.train_size=20", "data.test_size=4", "data.max_response_tokens=48", "data.too_long=truncate",
+        "optim.micro_batch=4", one_thread, f"run.out_dir={tmp_path}/run"])
+    run_dir = train(cfg)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [0, 1]
+    for r in records:
+        assert r["n_demos"] == (2 if cfg.objective.demonstrations else 0)
+        assert r["response_len"] > 0  # the loop generates rollouts for every method
+        assert 0 < r["rollout_acc"] < 1
+        for name in TERMS:
+            value = r[f"loss_{name}"]
+            if name in ACTIVE[preset]:
+                assert value != 0, (preset, r["step"], name)
+            else:
+                assert value == 0, (preset, r["step"], name, value)
+        assert r["loss"] == pytest.approx(sum(r[f"loss_{n}"] for n in TERMS))
+    first = records[0]
+    if preset == "sft":
+        assert first["w_sft"] == pytest.approx(1.0)
+    if preset == "dft":  # w = sg(pi) per token: its mean is the mean demonstration-token probability
+        assert first["w_sft"] == pytest.approx(first["demo_prob"], rel=1e-5)
+    if preset == "chord":  # mu at step 0 = 0.9 * 1/10
+        assert first["w_sft"] == pytest.approx(0.09)
+    if preset == "chord-phi":  # 0.1 * pi (1 - pi) <= 0.025
+        assert 0 < first["w_sft"] <= 0.025

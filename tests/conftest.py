@@ -33,3 +33,11 @@ def built_base_model(base_cache_dir):
     from srft.models.base_model import ensure_base_model
 
     return ensure_base_model(base_cache_dir, task_name="addition", seed=0, progress=False)
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Runs may set torch's thread count (model.threads); give the next test the default back."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)

@@ -14,7 +14,7 @@ def _cfg(model_dir, tmp_path, preset="srft", *extra):
         f"model.path={model_dir}", "run.steps=3", "run.eval_every=2", "run.save_every=2", "run.eval_k=2",
         "run.progress=false", "rollout.prompts_per_step=2", "rollout.n=3", "data.train_size=20",
         "data.test_size=4", "data.max_response_tokens=48", "data.too_long=truncate", "optim.micro_batch=3",
-        f"run.out_dir={tmp_path}/run", *extra])
+        "model.threads=1", f"run.out_dir={tmp_path}/run", *extra])
 
 
 def test_srft_run_writes_the_run_directory(tiny_model_dir, tmp_path):
@@ -49,7 +49,10 @@ def test_grpo_run_has_no_demonstration_terms(tiny_model_dir, tmp_path):
 
 
 def test_resume_continues_where_it_stopped(tiny_model_dir, tmp_path):
-    straight = train(_cfg(tiny_model_dir, tmp_path / "a", "srft", "run.steps=4", "run.plots=false"))
+    # no evaluation in the straight run: the resumed one evaluates at its first end (step 2),
+    # which must not change what training samples afterwards
+    straight = train(_cfg(tiny_model_dir, tmp_path / "a", "srft", "run.steps=4", "run.plots=false",
+                          "run.eval_every=0"))
     # same run, stopped after the checkpoint at step 2, then resumed
     cfg = _cfg(tiny_model_dir, tmp_path / "b", "srft", "run.steps=4", "run.plots=false")
     cfg.run.steps = 2

@@ -151,6 +151,16 @@ def response_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def evaluate_splits(engine, tokenizer, task, tests: dict[str, list[Example]], cfg: Config) -> dict:
+    # Evaluation samples from its own seeded random stream: it does not move the training's
+    # random state (so a resumed run matches an uninterrupted one whatever the evaluation
+    # schedule), and every evaluation of a run draws its samples the same way.
+    device = next(engine.model.parameters()).device if hasattr(engine, "model") else torch.device("cpu")
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(cfg.run.seed + 1_000_003)
+        return _evaluate_splits(engine, tokenizer, task, tests, cfg)
+
+
+def _evaluate_splits(engine, tokenizer, task, tests: dict[str, list[Example]], cfg: Config) -> dict:
     from srft.evaluation.sampling import evaluate_prompts
 
     out = {}
@@ -399,7 +409,7 @@ def train_step(cfg: Config, step: int, model, ref_model, engine, tokenizer, task
                     ref_BT, _ = response_logprobs(ref_model, batch)
             demo_B = is_demo_N[ids].to(device)
             terms, weights = token_losses(obj, logp_BT, ent_BT, mask_BT, demo_B, correct_N[ids].to(device),
-                                          adv_N[ids].to(device), None, ref_BT)
+                                          adv_N[ids].to(device), None, ref_BT, step=step)
             reduced = {n: agg_loss(t, mask_BT, obj.loss_agg, **counts) for n, t in terms.items()}
             loss = sum(reduced.values())
             loss.backward()

@@ -85,23 +85,30 @@ def cmd_export(args) -> int:
     return 0
 
 
-def cmd_evaluate(args) -> int:
+def _engine_for(args, task_name: str = "addition", dtype: str = "float32", max_batch: int = 256):
+    """(engine, tokenizer, model path) for the evaluation commands: threads, seed, model, HF engine."""
     import torch
 
     from srft.config import ModelConfig
-    from srft.evaluation.sampling import evaluate_prompts
     from srft.models.loading import load_model_and_tokenizer
     from srft.rollout.engine import HFEngine
-    from srft.tasks import get_task
-    from srft.training.data import encode_rows
-    from srft.config import DataConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    model, tok, path = load_model_and_tokenizer(ModelConfig(path=args.model, device=args.device, dtype=dtype),
+                                                task_name=task_name)
+    return HFEngine(model, tok.pad_token_id, tok.eos_token_id, max_batch=max_batch), tok, path
+
+
+def cmd_evaluate(args) -> int:
+    from srft.config import DataConfig
+    from srft.evaluation.sampling import evaluate_prompts
+    from srft.tasks import get_task
+    from srft.training.data import encode_rows
+
     task = get_task(args.task)
-    model, tok, path = load_model_and_tokenizer(ModelConfig(path=args.model, device=args.device), task_name=args.task)
-    engine = HFEngine(model, tok.pad_token_id, tok.eos_token_id)
+    engine, tok, path = _engine_for(args, task_name=args.task)
     data_cfg = DataConfig(max_prompt_tokens=args.max_prompt_tokens, max_response_tokens=args.max_new_tokens)
     results = {"model": str(path), "task": task.name, "k": args.k, "temperature": args.temperature, "splits": {}}
     for split in args.split:
@@ -122,18 +129,10 @@ def cmd_evaluate(args) -> int:
 def cmd_benchmark(args) -> int:
     import dataclasses
 
-    import torch
-
-    from srft.config import ModelConfig
     from srft.data.loading import load_rows
     from srft.evaluation.benchmarks import PROTOCOLS, dedupe, format_table, limit_per_benchmark, run_benchmarks
-    from srft.models.loading import load_model_and_tokenizer
     from srft.rewards import Verifier
-    from srft.rollout.engine import HFEngine
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
     protocol = dataclasses.replace(PROTOCOLS[args.protocol])
     if args.max_new_tokens:
         protocol.max_new_tokens = args.max_new_tokens
@@ -143,8 +142,7 @@ def cmd_benchmark(args) -> int:
     for f in args.files:
         rows.extend(load_rows(f))
     rows = limit_per_benchmark(dedupe(rows), args.limit)
-    model, tok, path = load_model_and_tokenizer(ModelConfig(path=args.model, device=args.device, dtype=args.dtype))
-    engine = HFEngine(model, tok.pad_token_id, tok.eos_token_id, max_batch=args.batch)
+    engine, tok, path = _engine_for(args, dtype=args.dtype, max_batch=args.batch)
     with Verifier(kind="auto", workers=args.verifier_workers, timeout_s=args.verifier_timeout) as verifier:
         summary, records = run_benchmarks(engine, tok, rows, verifier, protocol, template=args.template)
         summary["verifier_timeouts"] = verifier.n_timeouts

@@ -155,8 +155,10 @@ def cmd_benchmark(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="srft", description=__doc__.split("\n\n")[0] if __doc__ else None,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="srft", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="srft: single-stage supervised and reinforcement fine-tuning (SRFT) and its peer methods.",
+        epilog="Run 'srft COMMAND --help' for a command's options; 'srft config --keys' lists every config key.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model (SRFT by default)")

@@ -107,6 +107,7 @@ def test_trains_on_an_exported_luffy_parquet(tiny_model_dir, tmp_path):
     assert len(records) == 2 and records[0]["n_demos"] == 2
     # the expert demonstrations pass the math verifier (they end with '#### <sum>')
     assert records[0]["demo_reward"] == 1.0
+    assert records[0]["verify_timeouts"] == 0 and records[0]["verify_errors"] == 0
     ev = json.loads((run_dir / "eval.json").read_text())
     assert set(ev["before"]) == {"test_id"}
 

@@ -448,6 +448,9 @@ def train_step(cfg: Config, step: int, model, ref_model, engine, tokenizer, task
         "frac_all_correct": float((r_roll.min(dim=1).values > 0).float().mean()),
         "frac_all_wrong": float((r_roll.max(dim=1).values <= 0).float().mean()),
         "format_ok": sum(s.format_ok for s, d in zip(scores, is_demo) if not d) / max(n_roll, 1),
+        # verifications that timed out or crashed (scored 0; only the pooled math verifier has them)
+        "verify_timeouts": sum(1 for s in scores if (s.info or {}).get("timeout")),
+        "verify_errors": sum(1 for s in scores if (s.info or {}).get("error")),
         "demo_reward": float(rewards_N[is_demo_N].mean()) if is_demo_N.any() else None,
         "n_demos": int(is_demo_N.sum()),
         "entropy_rollout": acc["ent_roll"] / max(acc["tok_roll"], 1),

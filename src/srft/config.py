@@ -100,6 +100,8 @@ class ObjectiveConfig:
     neg_coef: float = _f(1.0, "Weight of the +log pi term on wrong rollouts (the paper uses 1).")
     clip_eps: float = _f(0.2, "GRPO surrogate: lower clip range.")
     clip_eps_high: float = _f(0.2, "GRPO surrogate: upper clip range (DAPO's clip-higher uses e.g. 0.28).")
+    sft_stage_steps: int = _f(0, "Steps of plain SFT on demonstrations before this objective takes over "
+                                 "(the two-stage SFT-then-RL baseline); 0 = a single stage.")
     mix: Literal["add", "chord"] = _f(
         "add", "How the SFT term and the RL terms combine: add (each with its own coefficient) or chord: "
         "(1-mu) * (every other term) + mu * (SFT term), mu following the mu_* schedule over training steps.")

@@ -27,10 +27,14 @@ Departures from the paper (the objective's own are in ``srft.objective.losses``)
 - Rollouts that hit ``max_response_tokens`` without EOS are scored as they are
   (usually wrong) and trained on like any other rollout.
 - The learning-rate schedule has a short linear warm-up (``optim.warmup_steps``).
+- Two-stage runs (``objective.sft_stage_steps``) keep one optimiser and schedule across
+  both stages, and generate (and log) rollouts during the SFT stage as well, so that
+  every step of every method costs a generation pass.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -43,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from srft.config import Config, save_config
+from srft.config import Config, ObjectiveConfig, save_config
 from srft.models.loading import check_context, load_model_and_tokenizer, save_model, wrap_model
 from srft.objective import TERMS, agg_loss, group_advantages, token_logprobs_and_entropy, token_losses
 from srft.rollout.engine import HFEngine
@@ -193,7 +197,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
     device = next(model.parameters()).device
     train_rows = task.generate("train", cfg.data.train_size, cfg.data.seed)
     train_set, report = encode_rows(train_rows, tokenizer, cfg.data, name="train",
-                                    need_demo=cfg.objective.demonstrations)
+                                    need_demo=cfg.objective.demonstrations or cfg.objective.sft_stage_steps > 0)
     say(f"train: {report.summary}")
     tests = {}
     for split in getattr(task, "test_splits", TEST_SPLITS):
@@ -352,11 +356,19 @@ def summary_table(summary: dict, records: list[dict], run_dir: Path) -> str:
 # --------------------------------------------------------------------------- one step
 
 
+def stage_objective(obj: ObjectiveConfig, step: int) -> ObjectiveConfig:
+    """The objective in force at ``step``: plain SFT during the first ``sft_stage_steps`` steps."""
+    if step >= obj.sft_stage_steps:
+        return obj
+    return dataclasses.replace(obj, demonstrations=True, sft_coef=1.0, sft_weight="constant", offpolicy_coef=0.0,
+                               self_rollout="none", entropy_coef=0.0, kl_coef=0.0, mix="add")
+
+
 def train_step(cfg: Config, step: int, model, ref_model, engine, tokenizer, task, train_set: list[Example],
                optimizer, scheduler, device) -> dict:
     times: dict[str, float] = {}
     t_start = time.perf_counter()
-    obj = cfg.objective
+    obj = stage_objective(cfg.objective, step)
     idx = prompts_for_step(len(train_set), step, cfg.rollout.prompts_per_step, cfg.run.seed)
     examples = [train_set[i] for i in idx]
     prompt_ids = [e.prompt_ids for e in examples]  # tokenised on use, once per step

@@ -239,6 +239,7 @@ ACTIVE = {
     "luffy": {"offpolicy", "grpo", "entropy_bonus"},
     "chord": {"sft", "grpo", "entropy_bonus"},
     "chord-phi": {"sft", "grpo", "entropy_bonus"},
+    "relift": {"grpo", "entropy_bonus"},  # every group has a correct rollout here: the buffer stays empty
 }
 
 
@@ -321,3 +322,24 @@ def test_sft_then_grpo_switches_stage(tiny_model_dir, tmp_path, monkeypatch, one
         assert r["n_demos"] == (2 if r["step"] < 2 else 0)
         for name in TERMS:
             assert (r[f"loss_{name}"] != 0) == (name in stage), (r["step"], name)
+
+
+def test_relift_interleaves_sft_steps_on_failed_prompts(tiny_model_dir, tmp_path, one_thread):
+    from srft.training.loop import train
+
+    # the tiny random model fails every prompt: each RL step fills the buffer (2 prompts),
+    # so every other step is an SFT step on the demonstrations of the prompts just failed
+    cfg = load_config("relift", None, [
+        f"model.path={tiny_model_dir}", "objective.relift_buffer=2", "run.steps=4", "run.eval_every=0",
+        "run.save_every=0", "run.eval_k=2", "run.progress=false", "run.plots=false", "rollout.prompts_per_step=2",
+        "rollout.n=3", "data.train_size=20", "data.test_size=4", "data.max_response_tokens=48",
+        "data.too_long=truncate", "optim.micro_batch=4", one_thread, f"run.out_dir={tmp_path}/run"])
+    records = [json.loads(line) for line in (train(cfg) / "metrics.jsonl").read_text().splitlines()]
+    assert [r["relift_sft_step"] for r in records] == [False, True, False, True]
+    assert [r["relift_buffer"] for r in records] == [2, 0, 2, 0]
+    for r in records:
+        assert r["rollout_acc"] == 0
+        if r["relift_sft_step"]:
+            assert r["n_demos"] == 2 and r["loss_sft"] > 0 and r["loss_grpo"] == 0
+        else:
+            assert r["n_demos"] == 0 and r["loss_sft"] == 0

@@ -102,6 +102,8 @@ class ObjectiveConfig:
     clip_eps_high: float = _f(0.2, "GRPO surrogate: upper clip range (DAPO's clip-higher uses e.g. 0.28).")
     sft_stage_steps: int = _f(0, "Steps of plain SFT on demonstrations before this objective takes over "
                                  "(the two-stage SFT-then-RL baseline); 0 = a single stage.")
+    relift_buffer: int = _f(0, "ReLIFT: demonstrations of prompts whose rollouts all failed are buffered; when this "
+                               "many are, the next step is an SFT step on them instead of an RL step; 0 = off.")
     mix: Literal["add", "chord"] = _f(
         "add", "How the SFT term and the RL terms combine: add (each with its own coefficient) or chord: "
         "(1-mu) * (every other term) + mu * (SFT term), mu following the mu_* schedule over training steps.")

@@ -27,6 +27,8 @@ Departures from the paper (the objective's own are in ``srft.objective.losses``)
 - Rollouts that hit ``max_response_tokens`` without EOS are scored as they are
   (usually wrong) and trained on like any other rollout.
 - The learning-rate schedule has a short linear warm-up (``optim.warmup_steps``).
+- ReLIFT (``objective.relift_buffer``): an SFT step on the buffer replaces an RL step
+  (equal optimiser steps), and its prompts are the buffered ones, not the next slice.
 - Two-stage runs (``objective.sft_stage_steps``) keep one optimiser and schedule across
   both stages, and generate (and log) rollouts during the SFT stage as well, so that
   every step of every method costs a generation pass.
@@ -231,6 +233,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         start_step = state["step"]
+        buffer = list(state["extra"].get("relift_buffer", []))
         log.truncate_from(start_step)
         eval_log.truncate_from(start_step + 1)
         say(f"resumed {run_dir} at step {start_step}")
@@ -258,10 +261,24 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
         from tqdm import tqdm
         bar = tqdm(total=cfg.run.steps, initial=start_step, desc=cfg.run.method, dynamic_ncols=True)
     completed = start_step  # steps whose update is applied and logged
+    if not resume:
+        buffer = []  # ReLIFT: train-set indices of prompts whose rollouts all failed
     try:
         for step in range(start_step, cfg.run.steps):
-            record = train_step(cfg, step, model, ref_model, engine, tokenizer, task, train_set, optimizer,
-                                scheduler, device)
+            size = cfg.objective.relift_buffer
+            relift_step = bool(size) and len(buffer) >= size
+            if relift_step:  # ReLIFT: fine-tune on the hardest prompts' demonstrations
+                sft_idx, buffer = buffer[:size], buffer[size:]
+                record = train_step(cfg, step, model, ref_model, engine, tokenizer, task, train_set, optimizer,
+                                    scheduler, device, idx=sft_idx, obj=sft_objective(cfg.objective))
+            else:
+                record = train_step(cfg, step, model, ref_model, engine, tokenizer, task, train_set, optimizer,
+                                    scheduler, device)
+                if size:
+                    buffer += record["all_wrong_prompts"]
+            record.pop("all_wrong_prompts")
+            record["relift_buffer"] = len(buffer) if size else None
+            record["relift_sft_step"] = relift_step
             log.append(record)
             completed = step + 1
             if bar is not None:
@@ -276,12 +293,12 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
                 if bar is not None:
                     bar.write(f"step {done}: " + ", ".join(f"{s} acc {ev[s]['acc']:.3f}" for s in ev))
             if cfg.run.save_every and done % cfg.run.save_every == 0 and done < cfg.run.steps:
-                save_checkpoint(run_dir, model, tokenizer, optimizer, scheduler, done, {})
+                save_checkpoint(run_dir, model, tokenizer, optimizer, scheduler, done, {"relift_buffer": buffer})
             if stop["now"]:
                 raise KeyboardInterrupt
     except KeyboardInterrupt:
         done = completed
-        save_checkpoint(run_dir, model, tokenizer, optimizer, scheduler, done, {})
+        save_checkpoint(run_dir, model, tokenizer, optimizer, scheduler, done, {"relift_buffer": buffer})
         if bar is not None:
             bar.close()
         print(f"\ninterrupted: checkpoint saved at step {done} in {run_dir}; "
@@ -297,7 +314,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
     t0 = time.perf_counter()
     final = evaluate_splits(engine, tokenizer, task, tests, cfg)
     eval_log.append({"step": cfg.run.steps, **final, "t_eval": time.perf_counter() - t0})
-    save_checkpoint(run_dir, model, tokenizer, optimizer, scheduler, cfg.run.steps, {})
+    save_checkpoint(run_dir, model, tokenizer, optimizer, scheduler, cfg.run.steps, {"relift_buffer": buffer})
     save_model(model, tokenizer, run_dir / "model")
     history = eval_log.read()
     before = history[0]
@@ -356,20 +373,26 @@ def summary_table(summary: dict, records: list[dict], run_dir: Path) -> str:
 # --------------------------------------------------------------------------- one step
 
 
-def stage_objective(obj: ObjectiveConfig, step: int) -> ObjectiveConfig:
-    """The objective in force at ``step``: plain SFT during the first ``sft_stage_steps`` steps."""
-    if step >= obj.sft_stage_steps:
-        return obj
+def sft_objective(obj: ObjectiveConfig) -> ObjectiveConfig:
+    """Plain cross-entropy on demonstrations: the SFT stage of two-stage runs and ReLIFT's SFT steps."""
     return dataclasses.replace(obj, demonstrations=True, sft_coef=1.0, sft_weight="constant", offpolicy_coef=0.0,
                                self_rollout="none", entropy_coef=0.0, kl_coef=0.0, mix="add")
 
 
+def stage_objective(obj: ObjectiveConfig, step: int) -> ObjectiveConfig:
+    """The objective in force at ``step``: plain SFT during the first ``sft_stage_steps`` steps."""
+    return obj if step >= obj.sft_stage_steps else sft_objective(obj)
+
+
 def train_step(cfg: Config, step: int, model, ref_model, engine, tokenizer, task, train_set: list[Example],
-               optimizer, scheduler, device) -> dict:
+               optimizer, scheduler, device, idx: list[int] | None = None,
+               obj: ObjectiveConfig | None = None) -> dict:
+    """One optimiser step on the step's prompts (or ``idx``) with the step's objective (or ``obj``)."""
     times: dict[str, float] = {}
     t_start = time.perf_counter()
-    obj = stage_objective(cfg.objective, step)
-    idx = prompts_for_step(len(train_set), step, cfg.rollout.prompts_per_step, cfg.run.seed)
+    obj = obj or stage_objective(cfg.objective, step)
+    if idx is None:
+        idx = prompts_for_step(len(train_set), step, cfg.rollout.prompts_per_step, cfg.run.seed)
     examples = [train_set[i] for i in idx]
     prompt_ids = [e.prompt_ids for e in examples]  # tokenised on use, once per step
     demo_ids = [e.demo_ids if obj.demonstrations else None for e in examples]
@@ -459,6 +482,8 @@ def train_step(cfg: Config, step: int, model, ref_model, engine, tokenizer, task
         "rollout_acc": float(correct_N[roll].float().mean()),
         "frac_all_correct": float((r_roll.min(dim=1).values > 0).float().mean()),
         "frac_all_wrong": float((r_roll.max(dim=1).values <= 0).float().mean()),
+        "all_wrong_prompts": [i for i, bad in zip(idx, (r_roll.max(dim=1).values <= 0).tolist())
+                              if bad and train_set[i].demonstration],
         "format_ok": sum(s.format_ok for s, d in zip(scores, is_demo) if not d) / max(n_roll, 1),
         # verifications that timed out or crashed (scored 0; only the pooled math verifier has them)
         "verify_timeouts": sum(1 for s in scores if (s.info or {}).get("timeout")),

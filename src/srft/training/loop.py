@@ -246,7 +246,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
             t0 = time.perf_counter()
             ev = evaluate_splits(engine, tokenizer, task, tests, cfg)
         eval_log.append({"step": 0, **ev, "t_eval": time.perf_counter() - t0})
-        say(f"before training: " + ", ".join(f"{s} acc {ev[s]['acc']:.3f}" for s in ev))
+        say("before training: " + ", ".join(f"{s} acc {ev[s]['acc']:.3f}" for s in ev))
 
     # Ctrl-C or SIGTERM: finish the step in progress, save, and stop.
     stop = {"now": False}

@@ -104,3 +104,9 @@ def test_cli_config_keys_lists_help(capsys):
     assert main(["config", "--keys"]) == 0
     out = capsys.readouterr().out
     assert "objective.sft_coef" in out and "w_SFT" in out and "presets:" in out
+
+
+def test_bad_model_path_creates_no_run_directory(tmp_path):
+    out = tmp_path / "runs"
+    assert main(["train", f"model.path={tmp_path}/nowhere", "run.progress=false", f"run.out_dir={out}/x"]) == 2
+    assert not out.exists()

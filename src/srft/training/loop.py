@@ -187,9 +187,6 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
     if cfg.model.threads > 0:
         torch.set_num_threads(cfg.model.threads)
     seed_everything(cfg.run.seed)
-    run_dir = run_dir or make_run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
     say = print if cfg.run.progress else (lambda *a, **k: None)
 
     # ---- task, model, data: every check before the first step
@@ -210,6 +207,10 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
 
     check_context(model, cfg.data.max_prompt_tokens, cfg.data.max_response_tokens,
                   "data.max_prompt_tokens + data.max_response_tokens")
+    # Only now, with every input checked, does the run get a directory.
+    run_dir = run_dir or make_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
     model = wrap_model(model)
     ref_model = None
     if cfg.objective.kl_coef > 0:
@@ -337,6 +338,9 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
     records = log.read()
     summary["train_time_s"] = sum(r["t_step"] for r in records)
     (run_dir / "eval.json").write_text(json.dumps(summary, indent=2))
+    close = getattr(task, "close", None)  # e.g. the file task's verifier processes
+    if callable(close):
+        close()
     if cfg.run.plots:
         from srft.training.plots import plot_run
         plot_run(records, [{"step": h["step"], **{s: h[s] for s in splits}} for h in history], run_dir)

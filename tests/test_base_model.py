@@ -102,6 +102,9 @@ def test_measured_accuracy_of_a_perfect_policy():
         def train(self, mode=True):
             return self
 
+        def parameters(self):  # the rollout engine reads the device from here
+            return iter([torch.zeros(1)])
+
     tok = build_char_tokenizer()
     answers = {r["prompt"]: r["demonstration"] for r in rows}
 

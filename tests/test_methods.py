@@ -202,6 +202,15 @@ def test_chord_phi_weight_in_token_losses():
     torch.testing.assert_close(terms["grpo"], torch.tensor([[0.0, 0.0], [0.225, 0.225]]))  # 0.9 * 0.25
 
 
+def _tiny_run_config(preset, model_dir, tmp_path, threads, *extra):
+    """A few-second run of ``preset`` on the tiny model: 2 prompts x 3 rollouts a step."""
+    return load_config(preset, None, [
+        f"model.path={model_dir}", "run.eval_every=0", "run.save_every=0", "run.eval_k=2", "run.progress=false",
+        "run.plots=false", "rollout.prompts_per_step=2", "rollout.n=3", "data.train_size=20", "data.test_size=4",
+        "data.max_response_tokens=48", "data.too_long=truncate", "optim.micro_batch=4", threads,
+        f"run.out_dir={tmp_path}/run", *extra])
+
+
 @pytest.mark.parametrize("preset", list_presets())
 def test_terms_add_up_to_the_total(preset):
     g = torch.Generator().manual_seed(7)
@@ -269,6 +278,15 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def _tiny_run_config(preset, model_dir, tmp_path, threads, *extra):
+    """A few-second run of ``preset`` on the tiny model: 2 prompts x 3 rollouts a step."""
+    return load_config(preset, None, [
+        f"model.path={model_dir}", "run.eval_every=0", "run.save_every=0", "run.eval_k=2", "run.progress=false",
+        "run.plots=false", "rollout.prompts_per_step=2", "rollout.n=3", "data.train_size=20", "data.test_size=4",
+        "data.max_response_tokens=48", "data.too_long=truncate", "optim.micro_batch=4", threads,
+        f"run.out_dir={tmp_path}/run", *extra])
+
+
 @pytest.mark.parametrize("preset", list_presets())
 def test_preset_runs_with_the_right_terms(preset, tiny_model_dir, tmp_path, monkeypatch, one_thread):
     from srft.training.loop import train
@@ -277,11 +295,7 @@ def test_preset_runs_with_the_right_terms(preset, tiny_model_dir, tmp_path, monk
         pytest.skip("two stages: see test_sft_then_grpo_switches_stage")
     assert preset in ACTIVE, f"add preset '{preset}' to ACTIVE with the loss terms it must make non-zero"
     _mixed_rewards(monkeypatch)
-    cfg = load_config(preset, None, [
-        f"model.path={tiny_model_dir}", "run.steps=2", "run.eval_every=0", "run.save_every=0", "run.eval_k=2",
-        "run.progress=false", "run.plots=false", "rollout.prompts_per_step=2", "rollout.n=3",
-        "data.train_size=20", "data.test_size=4", "data.max_response_tokens=48", "data.too_long=truncate",
-        "optim.micro_batch=4", one_thread, f"run.out_dir={tmp_path}/run"])
+    cfg = _tiny_run_config(preset, tiny_model_dir, tmp_path, one_thread, "run.steps=2")
     run_dir = train(cfg)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [0, 1]
@@ -311,11 +325,8 @@ def test_sft_then_grpo_switches_stage(tiny_model_dir, tmp_path, monkeypatch, one
     from srft.training.loop import train
 
     _mixed_rewards(monkeypatch)
-    cfg = load_config("sft-then-grpo", None, [
-        f"model.path={tiny_model_dir}", "objective.sft_stage_steps=2", "run.steps=4", "run.eval_every=0",
-        "run.save_every=0", "run.eval_k=2", "run.progress=false", "run.plots=false", "rollout.prompts_per_step=2",
-        "rollout.n=3", "data.train_size=20", "data.test_size=4", "data.max_response_tokens=48",
-        "data.too_long=truncate", "optim.micro_batch=4", one_thread, f"run.out_dir={tmp_path}/run"])
+    cfg = _tiny_run_config("sft-then-grpo", tiny_model_dir, tmp_path, one_thread, "objective.sft_stage_steps=2",
+                           "run.steps=4")
     records = [json.loads(line) for line in (train(cfg) / "metrics.jsonl").read_text().splitlines()]
     for r in records:
         stage = {"sft"} if r["step"] < 2 else {"grpo", "entropy_bonus"}
@@ -329,11 +340,8 @@ def test_relift_interleaves_sft_steps_on_failed_prompts(tiny_model_dir, tmp_path
 
     # the tiny random model fails every prompt: each RL step fills the buffer (2 prompts),
     # so every other step is an SFT step on the demonstrations of the prompts just failed
-    cfg = load_config("relift", None, [
-        f"model.path={tiny_model_dir}", "objective.relift_buffer=2", "run.steps=4", "run.eval_every=0",
-        "run.save_every=0", "run.eval_k=2", "run.progress=false", "run.plots=false", "rollout.prompts_per_step=2",
-        "rollout.n=3", "data.train_size=20", "data.test_size=4", "data.max_response_tokens=48",
-        "data.too_long=truncate", "optim.micro_batch=4", one_thread, f"run.out_dir={tmp_path}/run"])
+    cfg = _tiny_run_config("relift", tiny_model_dir, tmp_path, one_thread, "objective.relift_buffer=2",
+                           "run.steps=4")
     records = [json.loads(line) for line in (train(cfg) / "metrics.jsonl").read_text().splitlines()]
     assert [r["relift_sft_step"] for r in records] == [False, True, False, True]
     assert [r["relift_buffer"] for r in records] == [2, 0, 2, 0]

@@ -180,32 +180,14 @@ def pretrain(model, tokenizer, docs: list[str], cfg: BaseModelConfig, seed: int,
 @torch.no_grad()
 def sample_completions(model, tokenizer, prompts: list[str], k: int, temperature: float, seed: int,
                        max_new_tokens: int = 96, batch_size: int = 256) -> list[list[str]]:
-    """k sampled responses per prompt (batched generate, left padding, KV cache)."""
-    was_training = model.training
-    model.eval()
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    flat = [p for p in prompts for _ in range(k)]
-    texts: list[str] = []
+    """k sampled responses per prompt (the rollout engine; temperature <= 0 is greedy)."""
+    from srft.rollout.engine import HFEngine
+
     torch.manual_seed(seed)
-    greedy = temperature <= 0
-    try:
-        for i in range(0, len(flat), batch_size):
-            enc = tokenizer(flat[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
-            gen_kwargs = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
-            out = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                use_cache=True,
-                **gen_kwargs,
-            )
-            texts += tokenizer.batch_decode(out[:, enc.input_ids.shape[1] :], skip_special_tokens=True)
-    finally:
-        tokenizer.padding_side = old_side
-        model.train(was_training)
-    return [texts[j * k : (j + 1) * k] for j in range(len(prompts))]
+    engine = HFEngine(model, tokenizer.pad_token_id, tokenizer.eos_token_id, max_batch=batch_size)
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    responses = engine.generate(ids, k, max_new_tokens, temperature)
+    return [[tokenizer.decode(r, skip_special_tokens=True) for r in resp_k] for resp_k in responses]
 
 
 def measure_accuracy(model, tokenizer, task, split: str = "test_id", n_prompts: int = 64, k: int = 8,

@@ -16,7 +16,8 @@ import torch
 class RolloutEngine(Protocol):
     def generate(self, prompts: list[list[int]], n: int, max_new_tokens: int,
                  temperature: float = 1.0, top_p: float = 1.0) -> list[list[list[int]]]:
-        """For each prompt, ``n`` sampled responses as token ids (ending with EOS if finished)."""
+        """For each prompt, ``n`` sampled responses as token ids (ending with EOS if finished);
+        temperature <= 0 decodes greedily."""
         ...
 
     def sync_weights(self, model: torch.nn.Module) -> None:
@@ -61,10 +62,12 @@ class HFEngine:
         for i, p in enumerate(prompts):
             ids_BL[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
             attn_BL[i, width - len(p):] = 1
+        # temperature <= 0 means greedy decoding
+        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 \
+            else dict(do_sample=False)
         seqs = self.model.generate(
-            input_ids=ids_BL.to(device), attention_mask=attn_BL.to(device), do_sample=True,
-            temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
-            pad_token_id=self.pad_id, eos_token_id=self.eos_id,
+            input_ids=ids_BL.to(device), attention_mask=attn_BL.to(device), max_new_tokens=max_new_tokens,
+            pad_token_id=self.pad_id, eos_token_id=self.eos_id, **sampling,
         )
         responses = []
         for row in seqs[:, width:].tolist():

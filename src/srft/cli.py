@@ -61,13 +61,15 @@ def cmd_config(args) -> int:
 
 
 def cmd_build_base(args) -> int:
-    from srft.models.base_model import build_base_model, ensure_base_model
+    from srft.models.base_model import BaseModelConfig, build_base_model, ensure_base_model
 
+    recipe = BaseModelConfig(steps=args.steps)
     if args.out:
-        path = build_base_model(Path(args.out), task_name=args.task, seed=args.seed)
+        path = build_base_model(Path(args.out), task_name=args.task, seed=args.seed, config=recipe)
     else:
         import os
-        path = ensure_base_model(Path(os.path.expanduser(args.cache_dir)), task_name=args.task, seed=args.seed)
+        path = ensure_base_model(Path(os.path.expanduser(args.cache_dir)), task_name=args.task, seed=args.seed,
+                                 config=recipe)
     print(path)
     return 0
 
@@ -211,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", default="~/.cache/srft")
     p.add_argument("--out", default=None, help="build into this directory instead of the cache")
+    p.add_argument("--steps", type=int, default=1000,
+                   help="pre-training steps (training's model.base_steps); fewer give a weaker base model")
     p.set_defaults(func=cmd_build_base)
 
     p = sub.add_parser("export", help="write a built-in task's rows as parquet/jsonl in the verl/LUFFY schema")

@@ -46,6 +46,8 @@ class ModelConfig:
     base_cache_dir: str = _f("~/.cache/srft", "Where the built-in base model is built and cached.")
     base_seed: int = _f(0, "Seed of the built-in base model's pre-training.")
     threads: int = _f(0, "torch CPU threads; 0 = leave torch's default.")
+    base_steps: int = _f(1000, "Pre-training steps of the built-in base model: fewer give a weaker base (each "
+                               "recipe is cached separately).")
     lora_rank: int = _f(0, "LoRA rank (needs the 'lora' extra: pip install peft); 0 = train all weights.")
     lora_alpha: int = _f(32, "LoRA alpha.")
     lora_targets: list = _f(["q_proj", "k_proj", "v_proj", "o_proj"], "Module names that get LoRA adapters.")
@@ -86,9 +88,11 @@ class ObjectiveConfig:
     adv_norm: Literal["std", "mean"] = _f("std", "Group advantage: (r-mean)/(std+eps) or r-mean.")
     adv_eps: float = _f(1e-6, "Epsilon in the advantage's denominator.")
     sft_coef: float = _f(0.5, "c_sft in w_SFT = c_sft * sg(exp(-H)) on demonstration tokens; 0 disables the SFT term.")
-    sft_weight: Literal["exp", "constant", "prob", "phi"] = _f(
-        "exp", "w_SFT per token: c_sft * sg(exp(-H)) (exp, the paper), c_sft (constant), c_sft * sg(pi) (prob, DFT) "
-        "or c_sft * sg(pi*(1-pi)) (phi, CHORD-phi); pi = the token's probability.")
+    sft_weight: Literal["exp", "constant", "prob", "phi", "linear", "cosine", "target"] = _f(
+        "exp", "w_SFT per token: c_sft * sg(exp(-H)) (exp, the paper), c_sft (constant), c_sft * sg(pi) (prob, DFT), "
+        "c_sft * sg(pi*(1-pi)) (phi, CHORD-phi; pi = the token's probability), c_sft times a schedule over training "
+        "steps from 1 to sft_schedule_end (linear, cosine), or c_sft times a factor that a controller moves to hold "
+        "rollout entropy near entropy_target (target; it raises w_SFT while entropy is below the target).")
     offpolicy_coef: float = _f(1.0, "Weight of the off-policy RL term -A*f(pi) on demonstrations; 0 disables it.")
     offpolicy_shaping: Literal["identity", "luffy"] = _f("identity", "f(pi): pi, or LUFFY's pi/(pi+gamma).")
     shaping_gamma: float = _f(0.1, "gamma in LUFFY's shaping pi/(pi+gamma).")
@@ -96,7 +100,16 @@ class ObjectiveConfig:
         "srft", "Loss on own rollouts: SRFT's weighted log-likelihood terms, the clipped GRPO surrogate, or none "
         "(rollouts are still generated and logged but get no policy term, e.g. for SFT).")
     rl_coef: float = _f(0.1, "c_rl in w_RL = c_rl * sg(exp(H)) on correct rollouts.")
-    rl_weight: Literal["exp", "constant"] = _f("exp", "w_RL as the entropy-aware exp(H) (paper) or the constant c_rl.")
+    rl_weight: Literal["exp", "constant", "phi", "linear", "cosine", "target"] = _f(
+        "exp", "w_RL on correct rollouts: c_rl * sg(exp(H)) (exp, the paper), c_rl (constant), c_rl * sg(pi*(1-pi)) "
+        "per token (phi), c_rl times a schedule from 1 to rl_schedule_end (linear, cosine), or c_rl times a factor "
+        "a controller moves to hold rollout entropy near entropy_target (target; it lowers w_RL while entropy is "
+        "below the target, since reinforcing own samples sharpens the policy).")
+    sft_schedule_end: float = _f(0.0, "sft_weight=linear/cosine: the multiplier of c_sft at the last step (it starts at 1).")
+    rl_schedule_end: float = _f(0.0, "rl_weight=linear/cosine: the multiplier of c_rl at the last step (it starts at 1).")
+    entropy_target: float = _f(0.3, "sft_weight/rl_weight=target: the rollout entropy (nats per token) to hold.")
+    controller_gain: float = _f(0.5, "sft_weight/rl_weight=target: each step the log of the factor moves by "
+                                     "gain * (entropy gap), bounded to [-4, 4].")
     neg_coef: float = _f(1.0, "Weight of the +log pi term on wrong rollouts (the paper uses 1).")
     clip_eps: float = _f(0.2, "GRPO surrogate: lower clip range.")
     clip_eps_high: float = _f(0.2, "GRPO surrogate: upper clip range (DAPO's clip-higher uses e.g. 0.28).")
@@ -114,6 +127,20 @@ class ObjectiveConfig:
     entropy_granularity: Literal["token", "sequence", "batch"] = _f("sequence", "Entropy H used in the weights: per token, per sequence mean, or batch mean.")
     entropy_coef: float = _f(0.001, "Entropy bonus coefficient (loss -= coef * entropy).")
     kl_coef: float = _f(0.0, "KL penalty to the frozen initial model (k3 estimator); 0 = no reference model.")
+    kl_tokens: Literal["rollouts", "demos", "all"] = _f(
+        "rollouts", "Where the KL penalty applies: own rollout tokens (RL), demonstration tokens (ASFT) or both.")
+    demo_source: Literal["expert", "self", "mixed"] = _f(
+        "expert", "Where each prompt's demonstration comes from: the data (expert), the shortest verified-correct "
+        "own rollout found so far for that prompt, this step's included (self; prompts never solved have none), "
+        "or expert until the model has solved the prompt, then its own (mixed).")
+    prefix_rollouts: int = _f(0, "Prefix-RFT: this many of each prompt's n rollouts continue from a prefix of the "
+                                 "demonstration; 0 = off.")
+    prefix_ratio_start: float = _f(0.95, "Prefix-RFT: prefix length as a fraction of the demonstration at step 0.")
+    prefix_ratio_end: float = _f(0.05, "Prefix-RFT: the fraction at the last step (cosine decay in between).")
+    prefix_entropy_top: float = _f(0.2, "Prefix-RFT: only this fraction of each prefix's tokens, those of highest "
+                                        "entropy, get the policy-gradient term; 1 = all prefix tokens.")
+    sasr_warmup_steps: int = _f(0, "SASR: steps of plain SFT, then each step is SFT with probability g/(g + g0) "
+                                   "(g: this step's SFT gradient norm, g0: its warm-up mean), else RL; 0 = off.")
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "token-sum-norm"] = _f(
         "token-sum-norm", "How per-token losses are reduced to a scalar.")
 
@@ -320,6 +347,20 @@ def validate(cfg: Config) -> None:
         for key in ("mu_warmup_steps", "mu_decay_steps"):
             if getattr(o, key) < 0:
                 raise ConfigError(f"objective.{key} must be >= 0, got {getattr(o, key)}")
+    for key in ("sft_schedule_end", "rl_schedule_end", "controller_gain"):
+        if getattr(o, key) < 0:
+            raise ConfigError(f"objective.{key} must be >= 0, got {getattr(o, key)}")
+    if not 0 <= o.prefix_rollouts <= cfg.rollout.n:
+        raise ConfigError(f"objective.prefix_rollouts must be in [0, rollout.n={cfg.rollout.n}], got {o.prefix_rollouts}")
+    for key in ("prefix_ratio_start", "prefix_ratio_end"):
+        if not 0 <= getattr(o, key) <= 1:
+            raise ConfigError(f"objective.{key} must be in [0, 1], got {getattr(o, key)}")
+    if not 0 < o.prefix_entropy_top <= 1:
+        raise ConfigError(f"objective.prefix_entropy_top must be in (0, 1], got {o.prefix_entropy_top}")
+    if o.sasr_warmup_steps < 0:
+        raise ConfigError(f"objective.sasr_warmup_steps must be >= 0, got {o.sasr_warmup_steps}")
+    if cfg.model.base_steps <= 0:
+        raise ConfigError(f"model.base_steps must be > 0, got {cfg.model.base_steps}")
     if len(cfg.optim.betas) != 2:
         raise ConfigError(f"optim.betas must have two values, got {cfg.optim.betas}")
 

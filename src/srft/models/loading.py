@@ -32,10 +32,11 @@ def resolve_device(name: str) -> torch.device:
 def resolve_model_path(cfg: ModelConfig, task_name: str, progress: bool = True) -> Path:
     """The directory to load: ``cfg.path``, or the built-in base model (built if missing)."""
     if cfg.path is None:
-        from srft.models.base_model import ensure_base_model
+        from srft.models.base_model import BaseModelConfig, ensure_base_model
 
         cache = Path(os.path.expanduser(cfg.base_cache_dir))
-        return Path(ensure_base_model(cache, task_name=task_name, seed=cfg.base_seed, progress=progress))
+        return Path(ensure_base_model(cache, task_name=task_name, seed=cfg.base_seed, progress=progress,
+                                      config=BaseModelConfig(steps=cfg.base_steps)))
     path = Path(os.path.expanduser(cfg.path))
     if not path.exists():
         raise ModelError(f"model.path '{cfg.path}' does not exist; give a local Hugging Face model directory, "

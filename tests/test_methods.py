@@ -49,7 +49,7 @@ def test_prob_and_phi_need_the_log_probs():
     for mode in ("prob", "phi"):
         with pytest.raises(ValueError, match="log-probabilities"):
             sft_weight(torch.zeros(1, 2), 1.0, mode)
-    with pytest.raises(ValueError, match="exp, constant, prob or phi"):
+    with pytest.raises(ValueError, match="exp, constant, prob, phi, linear, cosine or target"):
         sft_weight(torch.zeros(1, 2), 1.0, "nope")
 
 
@@ -222,8 +222,11 @@ def test_terms_add_up_to_the_total(preset):
     correct = torch.tensor([True, True, False, False] * 2)
     adv = torch.randn(B, generator=g)
     logp, ent = token_logprobs_and_entropy(logits, tokens)
+    ref = logp.detach() + 0.1 * torch.randn(B, T, generator=g)
+    prefix_len = torch.tensor([0, 2, 0, 1, 0, 3, 0, 0])
     cfg = load_config(preset).objective
-    terms, _ = token_losses(cfg, logp, ent, mask, is_demo, correct, adv, step=3)
+    terms, _ = token_losses(cfg, logp, ent, mask, is_demo, correct, adv, None, ref, step=3, sft_factor=0.7,
+                            rl_factor=1.3, prefix_len_B=prefix_len)
     assert set(terms) == set(TERMS)
     for name, t in terms.items():
         assert t.shape == (B, T), name
@@ -249,6 +252,8 @@ ACTIVE = {
     "chord": {"sft", "grpo", "entropy_bonus"},
     "chord-phi": {"sft", "grpo", "entropy_bonus"},
     "relift": {"grpo", "entropy_bonus"},  # every group has a correct rollout here: the buffer stays empty
+    "asft": {"sft", "kl"},  # the KL term is 0 at step 0 (policy = reference) but not at step 1: see below
+    "prefix-rft": {"grpo", "entropy_bonus"},
 }
 
 
@@ -291,8 +296,8 @@ def _tiny_run_config(preset, model_dir, tmp_path, threads, *extra):
 def test_preset_runs_with_the_right_terms(preset, tiny_model_dir, tmp_path, monkeypatch, one_thread):
     from srft.training.loop import train
 
-    if preset == "sft-then-grpo":
-        pytest.skip("two stages: see test_sft_then_grpo_switches_stage")
+    if preset in ("sft-then-grpo", "sasr"):
+        pytest.skip("steps of two kinds: see test_sft_then_grpo_switches_stage and test_sasr_*")
     assert preset in ACTIVE, f"add preset '{preset}' to ACTIVE with the loss terms it must make non-zero"
     _mixed_rewards(monkeypatch)
     cfg = _tiny_run_config(preset, tiny_model_dir, tmp_path, one_thread, "run.steps=2")
@@ -305,7 +310,9 @@ def test_preset_runs_with_the_right_terms(preset, tiny_model_dir, tmp_path, monk
         assert 0 < r["rollout_acc"] < 1
         for name in TERMS:
             value = r[f"loss_{name}"]
-            if name in ACTIVE[preset]:
+            if preset == "asft" and name == "kl" and r["step"] == 0:
+                assert value == 0  # the policy is still the reference model
+            elif name in ACTIVE[preset]:
                 assert value != 0, (preset, r["step"], name)
             else:
                 assert value == 0, (preset, r["step"], name, value)
@@ -319,6 +326,9 @@ def test_preset_runs_with_the_right_terms(preset, tiny_model_dir, tmp_path, monk
         assert first["w_sft"] == pytest.approx(0.09)
     if preset == "chord-phi":  # 0.1 * pi (1 - pi) <= 0.025
         assert 0 < first["w_sft"] <= 0.025
+    if preset == "prefix-rft":  # 1 of 3 rollouts starts from 95% of the demonstration at step 0
+        assert first["prefix_ratio"] == pytest.approx(0.95) and first["prefix_acc"] is not None
+        assert first["gen_tokens"] < 6 * first["response_len"]  # the copied prefix is not generated
 
 
 def test_sft_then_grpo_switches_stage(tiny_model_dir, tmp_path, monkeypatch, one_thread):
@@ -351,3 +361,101 @@ def test_relift_interleaves_sft_steps_on_failed_prompts(tiny_model_dir, tmp_path
             assert r["n_demos"] == 2 and r["loss_sft"] > 0 and r["loss_grpo"] == 0
         else:
             assert r["n_demos"] == 0 and r["loss_sft"] == 0
+
+
+def test_sasr_warms_up_with_sft_then_draws(tiny_model_dir, tmp_path, monkeypatch, one_thread):
+    from srft.training.loop import train
+
+    _mixed_rewards(monkeypatch)
+    cfg = _tiny_run_config("sasr", tiny_model_dir, tmp_path, one_thread, "objective.sasr_warmup_steps=2",
+                           "run.steps=6")
+    records = [json.loads(line) for line in (train(cfg) / "metrics.jsonl").read_text().splitlines()]
+    assert [r["sasr_sft"] for r in records[:2]] == [True, True]
+    for r in records:
+        assert r["sasr_grad_norm"] > 0
+        if r["step"] >= 2:
+            assert 0 < r["sasr_p_sft"] < 1
+        stage = {"sft"} if r["sasr_sft"] else {"grpo", "entropy_bonus"}
+        for name in TERMS:
+            assert (r[f"loss_{name}"] != 0) == (name in stage), (r["step"], name)
+    # the draws are seeded: the same run makes the same choices
+    again = [json.loads(line) for line in (train(_tiny_run_config(
+        "sasr", tiny_model_dir, tmp_path / "again", one_thread, "objective.sasr_warmup_steps=2", "run.steps=6"))
+        / "metrics.jsonl").read_text().splitlines()]
+    assert [r["sasr_sft"] for r in again] == [r["sasr_sft"] for r in records]
+
+
+@pytest.mark.parametrize("source", ["self", "mixed"])
+def test_bootstrapped_demonstrations(source, tiny_model_dir, tmp_path, monkeypatch, one_thread):
+    from srft.training.loop import train
+
+    _mixed_rewards(monkeypatch)  # the first rollout of every prompt is "correct"
+    cfg = _tiny_run_config("srft", tiny_model_dir, tmp_path, one_thread, f"objective.demo_source={source}",
+                           "run.steps=2")
+    records = [json.loads(line) for line in (train(cfg) / "metrics.jsonl").read_text().splitlines()]
+    for r in records:
+        # each prompt is solved in its own step, so its demonstration is its own rollout
+        assert (r["demo_self"], r["demo_expert"], r["demo_none"]) == (2, 0, 0)
+        assert r["n_demos"] == 2 and r["pool_size"] >= 2
+
+
+def test_self_source_without_solutions_has_no_demonstrations(tiny_model_dir, tmp_path, one_thread):
+    from srft.training.loop import train
+
+    # the tiny random model solves nothing: no own demonstration, and 'self' uses no expert one
+    records = [json.loads(line) for line in (train(_tiny_run_config(
+        "srft", tiny_model_dir, tmp_path, one_thread, "objective.demo_source=self", "run.steps=1"))
+        / "metrics.jsonl").read_text().splitlines()]
+    assert (records[0]["demo_self"], records[0]["demo_expert"], records[0]["demo_none"]) == (0, 0, 2)
+    assert records[0]["n_demos"] == 0 and records[0]["loss_sft"] == 0
+    mixed = [json.loads(line) for line in (train(_tiny_run_config(
+        "srft", tiny_model_dir, tmp_path / "m", one_thread, "objective.demo_source=mixed", "run.steps=1"))
+        / "metrics.jsonl").read_text().splitlines()]
+    assert (mixed[0]["demo_self"], mixed[0]["demo_expert"]) == (0, 2)
+
+
+def test_target_controller_moves_the_weights(tiny_model_dir, tmp_path, one_thread):
+    from srft.training.loop import train
+
+    # The tiny random model's rollout entropy is far above a target of 0.01 nats: the
+    # controller lowers w_SFT's factor and raises w_RL's from step 1 on.
+    cfg = _tiny_run_config("srft", tiny_model_dir, tmp_path, one_thread, "objective.sft_weight=target",
+                           "objective.rl_weight=target", "objective.entropy_target=0.01", "run.steps=3")
+    records = [json.loads(line) for line in (train(cfg) / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["sft_factor"] == 1.0 and records[0]["rl_factor"] == 1.0
+    h0 = records[0]["entropy_rollout"]
+    # one update: log factor -/+ 0.5 * (H - 0.01)
+    assert records[1]["sft_factor"] == pytest.approx(math.exp(-0.5 * (h0 - 0.01)), rel=1e-6)
+    assert records[1]["rl_factor"] == pytest.approx(math.exp(0.5 * (h0 - 0.01)), rel=1e-6)
+    assert records[2]["sft_factor"] < records[1]["sft_factor"] < 1 < records[1]["rl_factor"] < records[2]["rl_factor"]
+    # the weights as applied: c_sft * factor (0.5 * ...), c_rl * factor (0.1 * ...)
+    assert records[1]["w_sft"] == pytest.approx(0.5 * records[1]["sft_factor"], rel=1e-5)
+    assert records[1]["w_rl"] == pytest.approx(0.1 * records[1]["rl_factor"], rel=1e-5)
+
+
+@pytest.mark.parametrize("extra", [
+    ["objective.sft_weight=target", "objective.rl_weight=target", "objective.demo_source=mixed"],
+    ["--preset=sasr", "objective.sasr_warmup_steps=1"],
+])
+def test_resume_carries_controller_pool_and_sasr_state(extra, tiny_model_dir, tmp_path, monkeypatch, one_thread):
+    from srft.training.loop import train
+
+    _mixed_rewards(monkeypatch)
+    preset = "sasr" if "--preset=sasr" in extra else "srft"
+    extra = [e for e in extra if not e.startswith("--")]
+    straight = train(_tiny_run_config(preset, tiny_model_dir, tmp_path / "a", one_thread, "run.steps=4", *extra))
+    cfg = _tiny_run_config(preset, tiny_model_dir, tmp_path / "b", one_thread, "run.steps=4", "run.save_every=2",
+                           *extra)
+    cfg.run.steps = 2
+    run_dir = train(cfg)
+    cfg.run.steps = 4
+    train(cfg, run_dir=run_dir, resume=True)
+    a = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in b] == [0, 1, 2, 3]
+    for ra, rb in zip(a, b):
+        for key in ("loss", "sft_factor", "rl_factor", "pool_size", "demo_self", "demo_expert", "sasr_sft",
+                    "sasr_p_sft"):
+            va, vb = ra.get(key), rb.get(key)
+            assert (va == vb) if va is None or isinstance(va, bool) else va == pytest.approx(vb, rel=1e-4), \
+                (ra["step"], key, va, vb)

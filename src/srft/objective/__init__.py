@@ -4,21 +4,25 @@ from srft.objective.combine import TERMS, token_losses
 from srft.objective.losses import (
     agg_loss,
     chord_mu,
+    controller_update,
     entropy_for_weights,
     group_advantages,
     grpo_loss,
     kl_k3,
     offpolicy_loss,
     phi_weight,
+    prefix_keep_mask,
     prob_weight,
     rl_weight,
     self_rollout_loss,
     sft_loss,
     sft_weight,
     token_logprobs_and_entropy,
+    weight_factor,
 )
 
 __all__ = [
     "TERMS", "token_losses", "agg_loss", "chord_mu", "entropy_for_weights", "group_advantages", "grpo_loss", "kl_k3",
     "offpolicy_loss", "phi_weight", "prob_weight", "rl_weight", "self_rollout_loss", "sft_loss", "sft_weight", "token_logprobs_and_entropy",
+    "controller_update", "prefix_keep_mask", "weight_factor",
 ]

@@ -8,6 +8,10 @@ reduced terms add up to the reduced total, and they can be logged one by one.
 
 With ``mix: chord`` the SFT term is scaled by CHORD's mu(step) and every other term by
 (1 - mu); the caller passes the optimiser step as ``step`` (default 0).
+
+Weights that are one number per step (schedules, the target-entropy controller) arrive
+as ``sft_factor`` / ``rl_factor``, computed by the caller; Prefix-RFT's rollouts that
+start with a demonstration prefix arrive as ``prefix_len_B`` (0 for ordinary rollouts).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from srft.objective.losses import (
     grpo_loss,
     kl_k3,
     offpolicy_loss,
+    prefix_keep_mask,
     rl_weight,
     self_rollout_loss,
     sft_loss,
@@ -43,6 +48,9 @@ def token_losses(
     ref_logp_BT: torch.Tensor | None = None,  # [B, T] frozen reference log-probs (KL)
     *,
     step: int = 0,  # the optimiser step (0-based): CHORD's mu schedule
+    sft_factor: float = 1.0,  # the step's factor of w_SFT (sft_weight linear/cosine/target)
+    rl_factor: float = 1.0,  # the step's factor of w_RL (rl_weight linear/cosine/target)
+    prefix_len_B: torch.Tensor | None = None,  # [B] Prefix-RFT: demonstration tokens opening each rollout
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Return (terms, weights): terms name -> [B, T] loss, weights 'w_sft'/'w_rl' -> [B, T] (detached).
 
@@ -63,8 +71,11 @@ def token_losses(
         sft_share, rl_share = 1.0, 1.0
     else:
         raise ValueError(f"mix must be add or chord, got {cfg.mix!r}")
-    w_sft_BT = sft_share * sft_weight(h_demo_BT, cfg.sft_coef, cfg.sft_weight, logp_BT) * demo_BT
-    w_rl_BT = rl_weight(h_roll_BT, cfg.rl_coef, cfg.rl_weight) * roll_BT
+    if prefix_len_B is not None and bool((prefix_len_B > 0).any()):
+        # Prefix-RFT: low-entropy prefix tokens of prefixed rollouts get no policy term.
+        roll_BT = roll_BT * prefix_keep_mask(entropy_BT, prefix_len_B, roll_BT, cfg.prefix_entropy_top)
+    w_sft_BT = sft_share * sft_weight(h_demo_BT, cfg.sft_coef, cfg.sft_weight, logp_BT, sft_factor) * demo_BT
+    w_rl_BT = rl_weight(h_roll_BT, cfg.rl_coef, cfg.rl_weight, logp_BT, rl_factor) * roll_BT
 
     terms = {name: zeros for name in TERMS}
     if cfg.sft_coef != 0:
@@ -88,7 +99,8 @@ def token_losses(
     if cfg.kl_coef != 0:
         if ref_logp_BT is None:
             raise ValueError("kl_coef > 0 needs the reference model's log-probs")
-        terms["kl"] = cfg.kl_coef * kl_k3(logp_BT, ref_logp_BT) * roll_BT
+        where_BT = {"rollouts": roll_BT, "demos": demo_BT, "all": roll_BT + demo_BT}[cfg.kl_tokens]
+        terms["kl"] = cfg.kl_coef * kl_k3(logp_BT, ref_logp_BT) * where_BT
     if rl_share != 1.0:
         terms = {name: t if name == "sft" else rl_share * t for name, t in terms.items()}
     return terms, {"w_sft": w_sft_BT, "w_rl": w_rl_BT}

@@ -125,25 +125,29 @@ def entropy_for_weights(entropy_BT: torch.Tensor, mask_BT: torch.Tensor,
 
 
 def sft_weight(h_BT: torch.Tensor, coef: float = 0.5, mode: str = "exp",
-               logp_BT: torch.Tensor | None = None) -> torch.Tensor:
+               logp_BT: torch.Tensor | None = None, factor: float = 1.0) -> torch.Tensor:
     """The per-token weight of the SFT term; [B, T], no gradient.
 
     exp:      coef * sg(exp(-H))       (SRFT, entropy-aware);
     constant: coef                     (plain cross-entropy);
     prob:     coef * sg(pi)            (DFT: the loss becomes sg(pi) * (-log pi));
     phi:      coef * sg(pi * (1 - pi)) (CHORD-phi: small for tokens the policy is sure of
-              either way, largest at pi = 1/2).
+              either way, largest at pi = 1/2);
+    linear, cosine, target: coef * factor, where the caller computes ``factor`` for the
+              step (:func:`schedule_factor` or the :func:`controller_update` state).
     ``prob`` and ``phi`` need ``logp_BT``, the log-probability of each token.
     """
     if mode == "exp":
         return coef * torch.exp(-h_BT.detach())
     if mode == "constant":
         return torch.full_like(h_BT, coef).detach()
+    if mode in SCALAR_MODES:
+        return torch.full_like(h_BT, coef * factor).detach()
     if mode in ("prob", "phi"):
         if logp_BT is None:
             raise ValueError(f"sft weight mode {mode!r} needs the token log-probabilities")
         return coef * (prob_weight(logp_BT) if mode == "prob" else phi_weight(logp_BT))
-    raise ValueError(f"sft weight mode must be exp, constant, prob or phi, got {mode!r}")
+    raise ValueError(f"sft weight mode must be exp, constant, prob, phi, linear, cosine or target, got {mode!r}")
 
 
 def prob_weight(logp_BT: torch.Tensor) -> torch.Tensor:
@@ -176,13 +180,86 @@ def chord_mu(step: int, peak: float, valley: float, warmup_steps: int, decay_ste
     return valley
 
 
-def rl_weight(h_BT: torch.Tensor, coef: float = 0.1, mode: str = "exp") -> torch.Tensor:
-    """w_RL = coef * sg(exp(H)) ('exp') or coef ('constant'); [B, T], no gradient."""
+def rl_weight(h_BT: torch.Tensor, coef: float = 0.1, mode: str = "exp",
+              logp_BT: torch.Tensor | None = None, factor: float = 1.0) -> torch.Tensor:
+    """w_RL on correct rollouts; [B, T], no gradient.
+
+    exp: coef * sg(exp(H)) (SRFT); constant: coef; phi: coef * sg(pi * (1 - pi)) per token
+    (needs ``logp_BT``); linear, cosine, target: coef * ``factor``.
+    """
     if mode == "exp":
         return coef * torch.exp(h_BT.detach())
     if mode == "constant":
         return torch.full_like(h_BT, coef).detach()
-    raise ValueError(f"rl weight mode must be exp or constant, got {mode!r}")
+    if mode in SCALAR_MODES:
+        return torch.full_like(h_BT, coef * factor).detach()
+    if mode == "phi":
+        if logp_BT is None:
+            raise ValueError("rl weight mode 'phi' needs the token log-probabilities")
+        return coef * phi_weight(logp_BT)
+    raise ValueError(f"rl weight mode must be exp, constant, phi, linear, cosine or target, got {mode!r}")
+
+
+# Weight modes whose value is one number per step, computed outside the batch.
+SCALAR_MODES = ("linear", "cosine", "target")
+CONTROLLER_BOUND = 4.0  # |log factor| of the target-entropy controller
+
+
+def schedule_factor(mode: str, step: int, total_steps: int, end: float) -> float:
+    """Multiplier of a weight's coefficient at ``step`` of ``total_steps``: 1 at step 0, ``end`` at the last step.
+
+    linear: 1 + (end - 1) * progress; cosine: end + (1 - end) * (1 + cos(pi * progress)) / 2,
+    with progress = step / (total_steps - 1) clamped to [0, 1].
+    """
+    progress = min(max(step / max(total_steps - 1, 1), 0.0), 1.0)
+    if mode == "linear":
+        return 1.0 + (end - 1.0) * progress
+    if mode == "cosine":
+        return end + (1.0 - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"schedule must be linear or cosine, got {mode!r}")
+
+
+def controller_update(log_factor: float, entropy: float, target: float, gain: float, sign: float) -> float:
+    """One step of the target-entropy controller: an integral controller on the log of a weight's factor.
+
+    ``log_factor += sign * gain * (entropy - target)``, bounded to [-4, 4] so that a target the
+    policy cannot reach does not drive the weight to 0 or infinity. sign = +1 for w_RL (entropy
+    below target -> reinforce own samples less, they sharpen the policy), sign = -1 for w_SFT
+    (entropy below target -> imitate more; fitting another policy's tokens raises entropy).
+    This is the accumulated version of what exp(+H) and exp(-H) do step by step.
+    """
+    new = log_factor + sign * gain * (entropy - target)
+    return min(max(new, -CONTROLLER_BOUND), CONTROLLER_BOUND)
+
+
+def weight_factor(mode: str, step: int, total_steps: int, end: float, log_factor: float) -> float:
+    """The step's factor for a scalar weight mode (1 for the per-token modes)."""
+    if mode in ("linear", "cosine"):
+        return schedule_factor(mode, step, total_steps, end)
+    if mode == "target":
+        return math.exp(log_factor)
+    return 1.0
+
+
+def prefix_keep_mask(entropy_BT: torch.Tensor, prefix_len_B: torch.Tensor, mask_BT: torch.Tensor,
+                     top: float) -> torch.Tensor:
+    """Prefix-RFT's entropy-based selection: which tokens of each response get a policy term; [B, T].
+
+    Tokens at positions < prefix_len (copied from a demonstration) are kept only if they are
+    among the ceil(top * prefix_len) highest-entropy prefix tokens of their sequence; the
+    model's own continuation (positions >= prefix_len) is always kept. A sequence without a
+    prefix (prefix_len 0) keeps every token.
+    """
+    B, T = entropy_BT.shape
+    pos_BT = torch.arange(T, device=entropy_BT.device).unsqueeze(0).expand(B, T)
+    in_prefix_BT = (pos_BT < prefix_len_B.unsqueeze(-1)) & (mask_BT > 0)
+    ent_BT = entropy_BT.detach().masked_fill(~in_prefix_BT, float("-inf"))
+    n_keep_B = torch.ceil(top * prefix_len_B.float()).long()
+    # rank of each token's entropy within its sequence's prefix (0 = highest)
+    order_BT = ent_BT.argsort(dim=-1, descending=True)
+    rank_BT = torch.empty_like(order_BT).scatter_(1, order_BT, pos_BT.contiguous())
+    keep_prefix_BT = in_prefix_BT & (rank_BT < n_keep_B.unsqueeze(-1))
+    return (keep_prefix_BT | ~in_prefix_BT).to(mask_BT.dtype) * mask_BT
 
 
 # --------------------------------------------------------------------------- per-token loss terms

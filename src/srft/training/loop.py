@@ -51,7 +51,15 @@ import torch
 
 from srft.config import Config, ObjectiveConfig, save_config
 from srft.models.loading import check_context, load_model_and_tokenizer, save_model, wrap_model
-from srft.objective import TERMS, agg_loss, group_advantages, token_logprobs_and_entropy, token_losses
+from srft.objective import (
+    TERMS,
+    agg_loss,
+    controller_update,
+    group_advantages,
+    token_logprobs_and_entropy,
+    token_losses,
+    weight_factor,
+)
 from srft.rollout.engine import HFEngine
 from srft.tasks import get_task
 from srft.tasks.base import verify_all
@@ -195,8 +203,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
                                                             progress=cfg.run.progress)
     device = next(model.parameters()).device
     train_rows = task.generate("train", cfg.data.train_size, cfg.data.seed)
-    train_set, report = encode_rows(train_rows, tokenizer, cfg.data, name="train",
-                                    need_demo=cfg.objective.demonstrations or cfg.objective.sft_stage_steps > 0)
+    train_set, report = encode_rows(train_rows, tokenizer, cfg.data, name="train", need_demo=needs_expert(cfg.objective))
     say(f"train: {report.summary}")
     tests = {}
     for split in getattr(task, "test_splits", TEST_SPLITS):
@@ -225,6 +232,15 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
     eval_log = MetricsLog(run_dir / "eval_history.jsonl")
 
     start_step = 0
+    # State that the checkpoint carries besides model and optimiser:
+    buffer: list[int] = []  # ReLIFT: train-set indices of prompts whose rollouts all failed
+    pool: dict[int, list[int]] = {}  # demo_source self/mixed: shortest correct own rollout per prompt
+    control = {"log_sft": 0.0, "log_rl": 0.0,  # target-entropy controller: log of each weight's factor
+               "sasr_g0_sum": 0.0, "sasr_g0_n": 0}  # SASR: warm-up SFT gradient norms
+
+    def extra_state() -> dict:
+        return {"relift_buffer": buffer, "demo_pool": pool, "control": control}
+
     if resume:
         if not has_checkpoint(run_dir):
             raise FileNotFoundError(f"no checkpoint in {run_dir} to resume from; start a new run instead")
@@ -234,7 +250,10 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         start_step = state["step"]
-        buffer = list(state["extra"].get("relift_buffer", []))
+        extra = state["extra"]
+        buffer = list(extra.get("relift_buffer", []))
+        pool = {int(k): v for k, v in extra.get("demo_pool", {}).items()}
+        control = dict(extra.get("control", control))
         log.truncate_from(start_step)
         eval_log.truncate_from(start_step + 1)
         say(f"resumed {run_dir} at step {start_step}")
@@ -262,24 +281,34 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
         from tqdm import tqdm
         bar = tqdm(total=cfg.run.steps, initial=start_step, desc=cfg.run.method, dynamic_ncols=True)
     completed = start_step  # steps whose update is applied and logged
-    if not resume:
-        buffer = []  # ReLIFT: train-set indices of prompts whose rollouts all failed
+    obj = cfg.objective
     try:
         for step in range(start_step, cfg.run.steps):
-            size = cfg.objective.relift_buffer
+            factors = step_factors(obj, step, cfg.run.steps, control)
+            size = obj.relift_buffer
             relift_step = bool(size) and len(buffer) >= size
+            sasr = sasr_choice(cfg, step, model, tokenizer, train_set, device, control) if obj.sasr_warmup_steps                 else None
             if relift_step:  # ReLIFT: fine-tune on the hardest prompts' demonstrations
                 sft_idx, buffer = buffer[:size], buffer[size:]
                 record = train_step(cfg, step, model, ref_model, engine, tokenizer, task, train_set, optimizer,
-                                    scheduler, device, idx=sft_idx, obj=sft_objective(cfg.objective))
+                                    scheduler, device, idx=sft_idx, obj=sft_objective(obj), factors=factors,
+                                    pool=pool)
             else:
+                step_obj = sft_objective(obj) if sasr and sasr["sft"] else None
                 record = train_step(cfg, step, model, ref_model, engine, tokenizer, task, train_set, optimizer,
-                                    scheduler, device)
+                                    scheduler, device, obj=step_obj, factors=factors, pool=pool)
                 if size:
                     buffer += record["all_wrong_prompts"]
             record.pop("all_wrong_prompts")
             record["relift_buffer"] = len(buffer) if size else None
             record["relift_sft_step"] = relift_step
+            record.update({f"sasr_{k}": v for k, v in (sasr or {}).items()})
+            if "target" in (obj.sft_weight, obj.rl_weight):
+                h = record["entropy_rollout"]
+                control["log_sft"] = controller_update(control["log_sft"], h, obj.entropy_target,
+                                                       obj.controller_gain, -1.0)
+                control["log_rl"] = controller_update(control["log_rl"], h, obj.entropy_target,
+                                                      obj.controller_gain, +1.0)
             log.append(record)
             completed = step + 1
             if bar is not None:
@@ -294,12 +323,12 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
                 if bar is not None:
                     bar.write(f"step {done}: " + ", ".join(f"{s} acc {ev[s]['acc']:.3f}" for s in ev))
             if cfg.run.save_every and done % cfg.run.save_every == 0 and done < cfg.run.steps:
-                save_checkpoint(run_dir, model, tokenizer, optimizer, scheduler, done, {"relift_buffer": buffer})
+                save_checkpoint(run_dir, model, tokenizer, optimizer, scheduler, done, extra_state())
             if stop["now"]:
                 raise KeyboardInterrupt
     except KeyboardInterrupt:
         done = completed
-        save_checkpoint(run_dir, model, tokenizer, optimizer, scheduler, done, {"relift_buffer": buffer})
+        save_checkpoint(run_dir, model, tokenizer, optimizer, scheduler, done, extra_state())
         if bar is not None:
             bar.close()
         print(f"\ninterrupted: checkpoint saved at step {done} in {run_dir}; "
@@ -315,7 +344,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
     t0 = time.perf_counter()
     final = evaluate_splits(engine, tokenizer, task, tests, cfg)
     eval_log.append({"step": cfg.run.steps, **final, "t_eval": time.perf_counter() - t0})
-    save_checkpoint(run_dir, model, tokenizer, optimizer, scheduler, cfg.run.steps, {"relift_buffer": buffer})
+    save_checkpoint(run_dir, model, tokenizer, optimizer, scheduler, cfg.run.steps, extra_state())
     save_model(model, tokenizer, run_dir / "model")
     history = eval_log.read()
     before = history[0]
@@ -383,54 +412,175 @@ def sft_objective(obj: ObjectiveConfig) -> ObjectiveConfig:
                                self_rollout="none", entropy_coef=0.0, kl_coef=0.0, mix="add")
 
 
+def needs_expert(obj: ObjectiveConfig) -> bool:
+    """Whether training rows must carry an expert demonstration."""
+    return ((obj.demonstrations and obj.demo_source != "self") or obj.sft_stage_steps > 0 or obj.relift_buffer > 0
+            or obj.prefix_rollouts > 0 or obj.sasr_warmup_steps > 0)
+
+
+def step_factors(obj: ObjectiveConfig, step: int, total_steps: int, control: dict) -> tuple[float, float]:
+    """(w_SFT, w_RL) factors of the step for the scalar weight modes (schedules, target controller)."""
+    return (weight_factor(obj.sft_weight, step, total_steps, obj.sft_schedule_end, control["log_sft"]),
+            weight_factor(obj.rl_weight, step, total_steps, obj.rl_schedule_end, control["log_rl"]))
+
+
+def sft_gradient_norm(cfg: Config, model, tokenizer, examples: list[Example], device) -> float:
+    """Norm of the gradient of the plain token-mean NLL of ``examples``' demonstrations (gradients left zero)."""
+    seqs = [(e.prompt_ids, e.demo_ids) for e in examples if e.demo_ids]
+    model.zero_grad(set_to_none=True)
+    if not seqs:
+        return 0.0
+    n_tokens = float(sum(len(d) for _, d in seqs))
+    for start in range(0, len(seqs), cfg.optim.micro_batch):
+        batch = pad_batch(seqs[start:start + cfg.optim.micro_batch], tokenizer.pad_token_id, device)
+        logp_BT, _ = response_logprobs(model, batch)
+        agg_loss(-logp_BT, batch["mask_BT"], "token-mean", num_tokens=n_tokens).backward()
+    norm = float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in model.parameters() if p.grad is not None)))
+    model.zero_grad(set_to_none=True)
+    return norm
+
+
+def sasr_choice(cfg: Config, step: int, model, tokenizer, train_set: list[Example], device, control: dict) -> dict:
+    """SASR: whether ``step`` is an SFT step, and the gradient figures behind the choice.
+
+    Warm-up steps are SFT and accumulate the SFT gradient norm g0; after that the step is
+    SFT with probability p = g / (g + g0), g the SFT gradient norm on this step's prompts:
+    drifting away from the demonstrations (g grows) brings SFT back. The draw uses its own
+    seeded stream, so a resumed run makes the same choices.
+    """
+    idx = prompts_for_step(len(train_set), step, cfg.rollout.prompts_per_step, cfg.run.seed)
+    g = sft_gradient_norm(cfg, model, tokenizer, [train_set[i] for i in idx], device)
+    if step < cfg.objective.sasr_warmup_steps:
+        control["sasr_g0_sum"] += g
+        control["sasr_g0_n"] += 1
+        return {"sft": True, "grad_norm": g, "p_sft": 1.0}
+    g0 = control["sasr_g0_sum"] / max(control["sasr_g0_n"], 1)
+    p = g / (g + g0) if g + g0 > 0 else 0.5
+    draw = random.Random(cfg.run.seed * 1_000_033 + step).random()
+    return {"sft": draw < p, "grad_norm": g, "p_sft": p}
+
+
 def stage_objective(obj: ObjectiveConfig, step: int) -> ObjectiveConfig:
     """The objective in force at ``step``: plain SFT during the first ``sft_stage_steps`` steps."""
     return obj if step >= obj.sft_stage_steps else sft_objective(obj)
 
 
+def prefix_ratio(obj: ObjectiveConfig, step: int, total_steps: int) -> float:
+    """Prefix-RFT: the demonstration fraction given as a prefix at ``step`` (cosine from start to end)."""
+    progress = min(step / max(total_steps - 1, 1), 1.0)
+    return obj.prefix_ratio_end + (obj.prefix_ratio_start - obj.prefix_ratio_end) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def pick_demo(source: str, expert: list[int] | None, own: list[int] | None) -> tuple[list[int] | None, str]:
+    """The demonstration of one prompt for ``objective.demo_source``, and where it came from."""
+    if source == "expert":
+        chosen = expert, "expert"
+    elif source == "self":
+        chosen = own, "self"
+    elif source == "mixed":
+        chosen = (own, "self") if own is not None else (expert, "expert")
+    else:
+        raise ValueError(f"demo_source must be expert, self or mixed, got {source!r}")
+    return chosen if chosen[0] is not None else (None, "none")
+
+
+def update_pool(pool: dict[int, list[int]], idx: list[int], responses: list[list[list[int]]],
+                correct: list[list[bool]]) -> None:
+    """Keep, per train prompt, the shortest verified-correct own rollout seen so far."""
+    for i, resp_n, ok_n in zip(idx, responses, correct):
+        for r, ok in zip(resp_n, ok_n):
+            if ok and (i not in pool or len(r) < len(pool[i])):
+                pool[i] = list(r)
+
+
 def train_step(cfg: Config, step: int, model, ref_model, engine, tokenizer, task, train_set: list[Example],
                optimizer, scheduler, device, idx: list[int] | None = None,
-               obj: ObjectiveConfig | None = None) -> dict:
-    """One optimiser step on the step's prompts (or ``idx``) with the step's objective (or ``obj``)."""
+               obj: ObjectiveConfig | None = None, factors: tuple[float, float] = (1.0, 1.0),
+               pool: dict[int, list[int]] | None = None) -> dict:
+    """One optimiser step on the step's prompts (or ``idx``) with the step's objective (or ``obj``).
+
+    ``factors`` are the step's (w_SFT, w_RL) factors for the scalar weight modes; ``pool``
+    is the per-prompt store of own correct rollouts (``demo_source`` self/mixed), updated here.
+    """
     times: dict[str, float] = {}
     t_start = time.perf_counter()
     obj = obj or stage_objective(cfg.objective, step)
     if idx is None:
         idx = prompts_for_step(len(train_set), step, cfg.rollout.prompts_per_step, cfg.run.seed)
+    pool = {} if pool is None else pool
     examples = [train_set[i] for i in idx]
     prompt_ids = [e.prompt_ids for e in examples]  # tokenised on use, once per step
-    demo_ids = [e.demo_ids if obj.demonstrations else None for e in examples]
+    expert_ids = [e.demo_ids for e in examples]
+    n_prefixed = obj.prefix_rollouts
+    n_plain = cfg.rollout.n - n_prefixed
+    max_new = cfg.data.max_response_tokens
 
     with timed("generate", times):
-        responses = engine.generate(prompt_ids, cfg.rollout.n,
-                                    cfg.data.max_response_tokens, cfg.rollout.temperature, cfg.rollout.top_p)
+        responses = engine.generate(prompt_ids, n_plain, max_new, cfg.rollout.temperature, cfg.rollout.top_p) \
+            if n_plain else [[] for _ in examples]
+        # Prefix-RFT: continue from the first ratio * len tokens of the demonstration.
+        prefixes: list[list[int]] = [[] for _ in examples]
+        continuations: list[list[list[int]]] = [[] for _ in examples]
+        if n_prefixed:
+            ratio = prefix_ratio(obj, step, cfg.run.steps)
+            for g, d_ids in enumerate(expert_ids):
+                if d_ids:
+                    prefixes[g] = d_ids[:min(round(ratio * len(d_ids)), len(d_ids) - 1)]
+            continuations = engine.generate([p + pre for p, pre in zip(prompt_ids, prefixes)], n_prefixed,
+                                            max_new, cfg.rollout.temperature, cfg.rollout.top_p)
+            # a prefix eats into the response budget
+            continuations = [[c[:max_new - len(pre)] for c in cs] for pre, cs in zip(prefixes, continuations)]
 
-    # (prompt ids, response ids, is_demo, group) for every sequence of the step
-    seqs, is_demo, groups, texts, answers = [], [], [], [], []
-    for g, (ex, p_ids, d_ids, resp_n) in enumerate(zip(examples, prompt_ids, demo_ids, responses)):
-        for r in resp_n:
+    # Every sequence of the step: (prompt ids, response ids), its group, kind and prefix length.
+    seqs, is_demo, groups, answers, prefix_len = [], [], [], [], []
+    for g, (ex, p_ids) in enumerate(zip(examples, prompt_ids)):
+        for r in responses[g]:
             seqs.append((p_ids, r))
-            is_demo.append(False)
-            groups.append(g)
-            answers.append(ex.answer)
-        if d_ids is not None:
-            seqs.append((p_ids, d_ids))
-            is_demo.append(True)
-            groups.append(g)
-            answers.append(ex.answer)
+            prefix_len.append(0)
+        for c in continuations[g]:
+            seqs.append((p_ids, prefixes[g] + c))
+            prefix_len.append(len(prefixes[g]))
+        n_roll_g = len(responses[g]) + len(continuations[g])
+        is_demo += [False] * n_roll_g
+        groups += [g] * n_roll_g
+        answers += [ex.answer] * n_roll_g
     with timed("score", times):
-        texts = [tokenizer.decode(r, skip_special_tokens=True) for _, r in seqs]
-        scores = verify_all(task, texts, answers)
+        scores = verify_all(task, [tokenizer.decode(r, skip_special_tokens=True) for _, r in seqs], answers)
+        # Own correct rollouts feed the pool before demonstrations are picked, so that with
+        # demo_source self/mixed a prompt solved for the first time has its demonstration at once.
+        plain_ok: list[list[bool]] = []
+        pos = 0
+        for g in range(len(examples)):
+            plain_ok.append([scores[pos + j].reward > 0 for j in range(len(responses[g]))])
+            pos += len(responses[g]) + len(continuations[g])
+        if obj.demo_source != "expert":
+            update_pool(pool, idx, responses, plain_ok)
+        demo_from = {"expert": 0, "self": 0, "none": 0}
+        demo_seqs = []
+        if obj.demonstrations:
+            for g, (i, p_ids) in enumerate(zip(idx, prompt_ids)):
+                d_ids, where = pick_demo(obj.demo_source, expert_ids[g], pool.get(i))
+                demo_from[where] += 1
+                if d_ids is not None:
+                    demo_seqs.append((g, p_ids, d_ids))
+        demo_scores = verify_all(task, [tokenizer.decode(d, skip_special_tokens=True) for _, _, d in demo_seqs],
+                                 [examples[g].answer for g, _, _ in demo_seqs]) if demo_seqs else []
+    for (g, p_ids, d_ids) in demo_seqs:
+        seqs.append((p_ids, d_ids))
+        is_demo.append(True)
+        groups.append(g)
+        prefix_len.append(0)
+    scores = list(scores) + list(demo_scores)
     rewards_N = torch.tensor([s.reward for s in scores], dtype=torch.float32)
-    is_demo_N = torch.tensor(is_demo)
+    is_demo_N = torch.tensor(is_demo, dtype=torch.bool)
     group_N = torch.tensor(groups)
+    prefix_N = torch.tensor(prefix_len)
     adv_N = group_advantages(rewards_N, group_N, obj.adv_norm, obj.adv_eps)
     correct_N = rewards_N > 0
 
     # Global counts so that micro-batch losses add up to the step's loss.
     lengths = [len(r) for _, r in seqs]
-    counts = dict(num_tokens=float(sum(lengths)), num_seqs=float(len(seqs)),
-                  max_len=cfg.data.max_response_tokens)
+    counts = dict(num_tokens=float(sum(lengths)), num_seqs=float(len(seqs)), max_len=max_new)
     sums = {f"loss_{n}": 0.0 for n in TERMS}
     acc = {"ent_roll": 0.0, "ent_demo": 0.0, "tok_roll": 0.0, "tok_demo": 0.0, "w_sft": 0.0, "w_rl": 0.0,
            "prob_demo": 0.0}
@@ -448,7 +598,9 @@ def train_step(cfg: Config, step: int, model, ref_model, engine, tokenizer, task
                     ref_BT, _ = response_logprobs(ref_model, batch)
             demo_B = is_demo_N[ids].to(device)
             terms, weights = token_losses(obj, logp_BT, ent_BT, mask_BT, demo_B, correct_N[ids].to(device),
-                                          adv_N[ids].to(device), None, ref_BT, step=step)
+                                          adv_N[ids].to(device), None, ref_BT, step=step, sft_factor=factors[0],
+                                          rl_factor=factors[1],
+                                          prefix_len_B=prefix_N[ids].to(device) if n_prefixed else None)
             reduced = {n: agg_loss(t, mask_BT, obj.loss_agg, **counts) for n, t in terms.items()}
             loss = sum(reduced.values())
             loss.backward()
@@ -473,37 +625,46 @@ def train_step(cfg: Config, step: int, model, ref_model, engine, tokenizer, task
         scheduler.step()
         engine.sync_weights(model)
 
-    # ---- the step's record
-    roll = ~is_demo_N
-    n_roll = int(roll.sum())
-    r_roll = rewards_N[roll].view(len(examples), cfg.rollout.n)  # [P, G]
-    gen_tokens = sum(lengths[i] for i in range(len(seqs)) if not is_demo[i])
+    # ---- the step's record; accuracy figures are over plain rollouts (no prefix)
+    plain_N = (~is_demo_N) & (prefix_N == 0)
+    prefixed_N = (~is_demo_N) & (prefix_N > 0)
+    r_plain = torch.tensor(plain_ok, dtype=torch.float32) if n_plain else torch.zeros(len(examples), 0)  # [P, G]
+    solved_P = r_plain.max(dim=1).values > 0 if n_plain else torch.zeros(len(examples), dtype=torch.bool)
+    gen_tokens = sum(lengths[i] - prefix_len[i] for i in range(len(seqs)) if not is_demo[i])
+    n_roll = int((~is_demo_N).sum())
     t_step = time.perf_counter() - t_start
     record = {
         "step": step,
         "lr": scheduler.get_last_lr()[0],
-        "reward_mean": float(rewards_N[roll].mean()),
-        "rollout_acc": float(correct_N[roll].float().mean()),
-        "frac_all_correct": float((r_roll.min(dim=1).values > 0).float().mean()),
-        "frac_all_wrong": float((r_roll.max(dim=1).values <= 0).float().mean()),
-        "all_wrong_prompts": [i for i, bad in zip(idx, (r_roll.max(dim=1).values <= 0).tolist())
-                              if bad and train_set[i].demonstration],
+        "reward_mean": float(rewards_N[plain_N].mean()) if plain_N.any() else None,
+        "rollout_acc": float(correct_N[plain_N].float().mean()) if plain_N.any() else None,
+        "prefix_acc": float(correct_N[prefixed_N].float().mean()) if prefixed_N.any() else None,
+        "frac_all_correct": float((r_plain.min(dim=1).values > 0).float().mean()) if n_plain else None,
+        "frac_all_wrong": float((~solved_P).float().mean()) if n_plain else None,
+        "all_wrong_prompts": [i for i, ok in zip(idx, solved_P.tolist()) if not ok and train_set[i].demonstration]
+        if n_plain else [],
         "format_ok": sum(s.format_ok for s, d in zip(scores, is_demo) if not d) / max(n_roll, 1),
         # verifications that timed out or crashed (scored 0; only the pooled math verifier has them)
         "verify_timeouts": sum(1 for s in scores if (s.info or {}).get("timeout")),
         "verify_errors": sum(1 for s in scores if (s.info or {}).get("error")),
         "demo_reward": float(rewards_N[is_demo_N].mean()) if is_demo_N.any() else None,
         "n_demos": int(is_demo_N.sum()),
+        # where the step's demonstrations came from (objective.demo_source)
+        "demo_expert": demo_from["expert"], "demo_self": demo_from["self"], "demo_none": demo_from["none"],
+        "pool_size": len(pool),
         "entropy_rollout": acc["ent_roll"] / max(acc["tok_roll"], 1),
         "entropy_demo": acc["ent_demo"] / acc["tok_demo"] if acc["tok_demo"] else None,
         # the weights as applied: None where the method does not use them
         "w_sft": acc["w_sft"] / acc["tok_demo"] if acc["tok_demo"] and obj.sft_coef else None,
         "w_rl": acc["w_rl"] / max(acc["tok_roll"], 1) if obj.self_rollout == "srft" else None,
+        "sft_factor": factors[0], "rl_factor": factors[1],
+        "prefix_ratio": prefix_ratio(obj, step, cfg.run.steps) if n_prefixed else None,
         "demo_prob": acc["prob_demo"] / acc["tok_demo"] if acc["tok_demo"] else None,
         **sums,
         "loss": sum(sums.values()),
         "grad_norm": grad_norm,
-        "response_len": gen_tokens / max(n_roll, 1),
+        "response_len": sum(lengths[i] for i in range(len(seqs)) if not is_demo[i]) / max(n_roll, 1),
+        "gen_tokens": gen_tokens,
         "demo_len": (sum(lengths[i] for i in range(len(seqs)) if is_demo[i]) / int(is_demo_N.sum())
                      if is_demo_N.any() else None),
         "adv_abs_mean": float(adv_N.abs().mean()),

@@ -6,6 +6,7 @@
     srft build-base [--task NAME] [--seed N] [--out DIR]
     srft export --task NAME --split train --n 1000 --out FILE.parquet
     srft config [--preset NAME] [section.key=value ...]   (print the resolved config; --keys for every key)
+    srft compare SUITE [--out DIR] [--seeds 0,1] [--methods a,b] [--jobs N] [--set k=v ...] [--report-only DIR]
 """
 
 from __future__ import annotations
@@ -87,6 +88,12 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_analyze(args) -> int:
+    from srft.analysis.report import run_cli
+
+    return run_cli(args)
+
+
 def _engine_for(args, task_name: str = "addition", dtype: str = "float32", max_batch: int = 256):
     """(engine, tokenizer, model path) for the evaluation commands: threads, seed, model, HF engine."""
     import torch
@@ -154,6 +161,12 @@ def cmd_benchmark(args) -> int:
         Path(args.out).write_text(json.dumps({"summary": summary, "records": records}, indent=1))
         print(f"wrote {args.out}")
     return 0
+
+
+def cmd_compare(args) -> int:
+    from srft.compare.command import run_compare
+
+    return run_compare(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -224,6 +237,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--out", required=True, help="output file, .parquet or .jsonl")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("analyze", help="the paper's analyses of a comparison: token shift, entropy, checkpoint map")
+    p.add_argument("compare_dir", nargs="?", default=None, help="a directory made by srft compare (REGIME/METHOD/seedS)")
+    p.add_argument("--models", nargs="+", metavar="DIR", default=None,
+                   help="instead of COMPARE_DIR: BASE_DIR MODEL_DIR [MODEL_DIR ...] (token shift and map only)")
+    p.add_argument("--task", default="addition", help="with --models: the task whose test_id prompts are used")
+    p.add_argument("--data-seed", type=int, default=1234, help="with --models: the task generator's seed")
+    p.add_argument("--max-new-tokens", type=int, default=96, help="with --models: response limit (data.max_response_tokens)")
+    p.add_argument("--out", default=None, help="output directory (default COMPARE_DIR/analysis, or ./analysis with --models)")
+    p.add_argument("--n-prompts", type=int, default=64, help="test_id prompts in the fixed response set")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="a token counts as changed above this (default 0.1 for --measure prob, ln 2 for logratio)")
+    p.add_argument("--measure", default="prob", choices=["prob", "logratio"],
+                   help="token change: |p_model - p_base| or |log p_model - log p_base|")
+    p.add_argument("--only", default="shift,entropy,map", help="comma-separated analyses: shift,entropy,map")
+    p.add_argument("--seed", type=int, default=0, help="seed of the base model's samples in the response set")
+    p.add_argument("--smooth", type=int, default=None, help="entropy moving-average window in steps (default 1/20 of the run)")
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per scoring forward pass")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0)
+    p.set_defaults(func=cmd_analyze)
+
+    # cheap to import (no torch): the help text lives with the command
+    from srft.compare.command import DESCRIPTION as COMPARE_DESCRIPTION
+
+    p = sub.add_parser("compare", help="train a suite of methods x seeds x base models and report them side by side",
+                       description=COMPARE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("suite", nargs="?", help="built-in suite (quick, entropy, bootstrap) or a suite YAML file")
+    p.add_argument("--out", default=None, help="output directory (default: runs/compare-SUITE)")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds instead of the suite's, e.g. 0,1")
+    p.add_argument("--methods", default=None, help="comma-separated method names: run only these")
+    p.add_argument("--regimes", default=None, help="comma-separated regime names: run only these")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once; each gets max(1, CPUs // jobs) threads")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="extra overrides for every run, after the suite's common ones (e.g. run.steps=10)")
+    p.add_argument("--dry-run", action="store_true", help="check every run's config, print the commands, run nothing")
+    p.add_argument("--report-only", metavar="DIR", default=None,
+                   help="only write the report of the finished runs in DIR (compare.md, compare.json, PNGs)")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 

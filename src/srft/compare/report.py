@@ -1,0 +1,263 @@
+"""The comparison report: every run's results, aggregated per regime and method.
+
+Reads each run directory (``eval.json``, ``metrics.jsonl``, ``config.yaml``,
+``run_status.json``) and writes ``OUT/compare.md`` (one Markdown table per regime),
+``OUT/compare.json`` (every run and every aggregate) and ``OUT/curves-REGIME.png``.
+Means are over the seeds whose run finished; std uses ddof=1 (none with a single seed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from srft.compare.plan import RunSpec
+from srft.compare.runner import fmt_duration, has_checkpoint, read_status
+
+COST_NOTE = (
+    "Every method generates `rollout.n` rollouts per prompt per step, the SFT-only ones (sft, dft, asft, the SFT "
+    "stage of sft-then-grpo, SASR's SFT steps) included: the loop generates, scores and logs them even where it "
+    "puts no loss on them, so that every step of every method costs a generation pass. Generation cost per step "
+    "is therefore the same by construction, with two exceptions: ReLIFT's SFT steps generate for their buffered "
+    "prompts, and Prefix-RFT's prefixed rollouts generate only the continuation of their demonstration prefix. "
+    "The tokens column counts what was actually generated (it also moves with response length). Methods with "
+    "demonstrations also run forward/backward on the demonstration tokens (one more sequence per prompt; SASR "
+    "one more pass to measure its SFT gradient), which the wall time includes.")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _read_config(run_dir: Path) -> dict:
+    try:
+        return yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
+def generated_tokens(records: list[dict], config: dict) -> int | None:
+    """Tokens the rollouts generated over the run.
+
+    Per step: ``gen_tokens`` when logged; else the generation throughput times the generation
+    time (both logged); else response_len * rollout.n * rollout.prompts_per_step.
+    """
+    rollout = config.get("rollout") or {}
+    total = 0.0
+    for r in records:
+        if r.get("gen_tokens") is not None:
+            total += r["gen_tokens"]
+        elif r.get("gen_tokens_per_s") is not None and r.get("t_generate") is not None:
+            total += r["gen_tokens_per_s"] * r["t_generate"]
+        elif r.get("response_len") is not None and "n" in rollout and "prompts_per_step" in rollout:
+            total += r["response_len"] * rollout["n"] * rollout["prompts_per_step"]
+        else:
+            return None
+    return round(total) if records else None
+
+
+def run_status(run_dir: Path) -> tuple[str, str]:
+    """(status, error): ok, failed, unfinished (stopped, running or resumable) or not run."""
+    if (run_dir / "eval.json").exists():
+        return "ok", ""
+    st = read_status(run_dir)
+    if st.get("status") == "failed":
+        return "failed", st.get("error", "")
+    if st or has_checkpoint(run_dir) or (run_dir / "config.yaml").exists():
+        return "unfinished", ""
+    return "not run", ""
+
+
+def collect_run(run: RunSpec) -> dict:
+    """One run's row of the report (accuracies None unless it finished)."""
+    d = run.run_dir
+    status, error = run_status(d)
+    ev = _read_json(d / "eval.json") if status == "ok" else {}
+    st = read_status(d)
+    config = _read_config(d)
+    k = ev.get("k")
+    return {
+        "regime": run.regime, "method": run.method, "seed": run.seed, "run_dir": str(d),
+        "status": status, "error": error,
+        "id_before": ev.get("before", {}).get("test_id"), "id_after": ev.get("after", {}).get("test_id"),
+        "ood_before": ev.get("before", {}).get("test_ood"), "ood_after": ev.get("after", {}).get("test_ood"),
+        "id_pass_after": ev.get("pass@k_after", {}).get("test_id"), "k": k,
+        "temperature": ev.get("temperature"), "steps": ev.get("steps"),
+        "n_prompts": ev.get("n_prompts"),
+        "wall_s": st.get("wall_s") if status == "ok" else None,
+        "train_time_s": ev.get("train_time_s"),
+        "gen_tokens": generated_tokens(read_jsonl(d / "metrics.jsonl"), config) if status == "ok" else None,
+    }
+
+
+def mean_std(values: list[float]) -> dict:
+    """{mean, std, n}: std with ddof=1, None for fewer than two values; mean None for none."""
+    vals = [v for v in values if v is not None]
+    n = len(vals)
+    if not n:
+        return {"mean": None, "std": None, "n": 0}
+    mean = sum(vals) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1)) if n > 1 else None
+    return {"mean": mean, "std": std, "n": n}
+
+
+def status_text(counts: dict[str, int], requested: int) -> str:
+    """``ok``, or what went wrong: ``2 of 3 failed, 1 of 3 not run``."""
+    if counts.get("ok", 0) == requested:
+        return "ok"
+    parts = [f"{counts[s]} of {requested} {s}" for s in ("failed", "unfinished", "not run") if counts.get(s)]
+    return ", ".join(parts) or "ok"
+
+
+def aggregate(rows: list[dict], requested_seeds: int) -> dict:
+    """The per-method aggregate over its seeds' rows."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    walls = [r["wall_s"] for r in ok if r["wall_s"] is not None]
+    tokens = [r["gen_tokens"] for r in ok if r["gen_tokens"] is not None]
+    return {
+        "n_requested": requested_seeds, "n_ok": len(ok), "counts": counts,
+        "status": status_text(counts, requested_seeds),
+        **{key: mean_std([r[key] for r in ok]) for key in ("id_before", "id_after", "ood_after", "id_pass_after")},
+        "wall_s": sum(walls) / len(walls) if walls else None,
+        "gen_tokens": sum(tokens) / len(tokens) if tokens else None,
+    }
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def fmt_stat(stat: dict, requested: int) -> str:
+    """``0.812 ± 0.021``; ``(n=2)`` after it when fewer seeds finished than were asked for."""
+    if stat["mean"] is None:
+        return "–"
+    text = f"{stat['mean']:.3f}" if stat["std"] is None else f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+    return text + (f" (n={stat['n']})" if stat["n"] < requested else "")
+
+
+def fmt_tokens(n: float | None) -> str:
+    """``1.23M``, ``45.6k``, ``512``."""
+    if n is None:
+        return "–"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}" if n / size < 100 else f"{n / size:.0f}{unit}"
+    return f"{n:.0f}"
+
+
+def markdown_table(methods: list[str], aggregates: dict[str, dict], k: Any) -> str:
+    k = k or "k"
+    header = ["method", "ID acc before", "ID acc after", "OOD acc after", f"ID pass@{k} after", "wall / run",
+              "tokens / run", "status"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * 6 + ["---"]) + "|"]
+    for m in methods:
+        a = aggregates[m]
+        req = a["n_requested"]
+        cells = [m, fmt_stat(a["id_before"], req), fmt_stat(a["id_after"], req), fmt_stat(a["ood_after"], req),
+                 fmt_stat(a["id_pass_after"], req), fmt_duration(a["wall_s"]), fmt_tokens(a["gen_tokens"]),
+                 a["status"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def effective_overrides(overrides: list[str]) -> list[str]:
+    """The overrides as they take effect: one per key, the last value, in first-seen order."""
+    last = {}
+    for o in overrides:
+        last[o.split("=", 1)[0]] = o
+    return list(last.values())
+
+
+def _first(rows: list[dict], key: str) -> Any:
+    return next((r[key] for r in rows if r.get(key) is not None), None)
+
+
+def markdown_report(meta: dict, regimes: list[str], methods: list[str], rows: list[dict],
+                    aggregates: dict[str, dict[str, dict]]) -> str:
+    k, temp = _first(rows, "k"), _first(rows, "temperature")
+    n_prompts = _first(rows, "n_prompts") or {}
+    budget = effective_overrides(meta.get("common", []) + meta.get("extra", []))
+    lines = [
+        f"# Comparison `{meta.get('suite', '?')}`" + (f": {meta['description']}" if meta.get("description") else ""),
+        "",
+        f"Seeds {', '.join(str(s) for s in meta.get('seeds', []))}; overrides of every run (budget): "
+        + (", ".join(f"`{o}`" for o in budget) or "none")
+        + (f" (of which from --set: {', '.join(f'`{o}`' for o in meta['extra'])})" if meta.get("extra") else "")
+        + ".",
+        "Regimes: " + "; ".join(f"`{r}` ({', '.join(f'`{o}`' for o in meta.get('regimes', {}).get(r, [])) or 'defaults'})"
+                                for r in regimes) + ".",
+        "",
+        f"Accuracy is avg@{k or 'k'} at temperature {temp if temp is not None else '?'} on "
+        + (", ".join(f"{n} {s}" for s, n in n_prompts.items()) + " prompts" if n_prompts else "the test splits")
+        + " (ID: test_id, OOD: test_ood), mean ± std over the seeds whose run finished (std with ddof=1); "
+          "(n=…) when fewer seeds finished than were asked for. Wall time and tokens generated are per run.",
+        "",
+        COST_NOTE,
+    ]
+    for regime in regimes:
+        lines += ["", f"## Regime `{regime}`", "", markdown_table(methods, aggregates[regime], k),
+                  "", f"Curves: `curves-{regime}.png`."]
+    failed = [r for r in rows if r["status"] == "failed"]
+    if failed:
+        lines += ["", "## Failed runs", ""]
+        for r in failed:
+            last = next((ln for ln in reversed(r["error"].splitlines()) if ln.strip()), "(empty log)")
+            lines.append(f"- `{r['regime']}/{r['method']}/seed{r['seed']}`: {last}  (log: `{r['run_dir']}/train.log`)")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def build_report(out_dir: Path, runs: list[RunSpec], meta: dict, plots: bool = True) -> dict:
+    """Collect every run, write compare.md, compare.json and the curve PNGs; return the JSON document.
+
+    ``meta``: suite, description, seeds (asked for), common, extra, regimes (name -> overrides),
+    methods (the suite's method list, in report order) and suite_file.
+    """
+    out_dir = Path(out_dir)
+    rows = [collect_run(r) for r in runs]
+    regimes = list(dict.fromkeys(r.regime for r in runs))
+    methods = list(dict.fromkeys(r.method for r in runs))
+    requested = len(meta.get("seeds") or {r.seed for r in runs})
+    aggregates = {
+        regime: {m: aggregate([x for x in rows if x["regime"] == regime and x["method"] == m], requested)
+                 for m in methods}
+        for regime in regimes
+    }
+    md = markdown_report(meta, regimes, methods, rows, aggregates)
+    (out_dir / "compare.md").write_text(md)
+    doc = {**meta, "runs": rows, "aggregates": aggregates, "regime_order": regimes, "method_order": methods}
+    (out_dir / "compare.json").write_text(json.dumps(doc, indent=1))
+    if plots:
+        from srft.compare.curves import plot_regime
+
+        for regime in regimes:
+            dirs = {m: [Path(x["run_dir"]) for x in rows
+                        if x["regime"] == regime and x["method"] == m and x["status"] == "ok"] for m in methods}
+            plot_regime(dirs, out_dir / f"curves-{regime}.png", title=f"{meta.get('suite', '')} / {regime}")
+    doc["markdown"] = md
+    return doc
+
+
+def tables_text(doc: dict) -> str:
+    """The report's regime tables (what the command prints at the end)."""
+    md = doc["markdown"]
+    start = md.find("## Regime")
+    return md[start:] if start >= 0 else md
+

@@ -15,12 +15,11 @@ deterministic given the seed (same data, same initialisation, same order).
 
 ``ensure_base_model`` returns a cached build or makes one.
 
-Measured with the default recipe (addition, seed 0, 1000 steps of 32
-documents, 1.06M parameters): test_id avg@8 at T=1 is about 18% (greedy 45%),
-test_ood (4-digit operands) 0%. Plain SFT on the expert demonstrations (300
-steps, batch 16, lr 1e-3; ``python -m srft.models.base_model sft-check DIR``)
-raised test_id to about 28%, and 600 steps to about 57%; test_ood stayed at 0%. A higher SFT learning rate
-(3e-3) hurt (13%).
+Measured with the default recipe (addition, seed 0, 1000 steps of 32 documents, 1.06M
+parameters; the figures are in the build's ``srft_base.json``): test_id avg@8 at T=1 is
+0.355 (greedy 0.97), test_ood (4-digit operands) 0. Fewer pre-training steps give a weaker
+model (``model.base_steps`` / ``srft build-base --steps``): 600 steps give test_id avg@8
+0.06 (greedy 0.20), 400 steps 0.02, 200 steps 0.01.
 """
 
 from __future__ import annotations

@@ -32,6 +32,16 @@ Departures from the paper (the objective's own are in ``srft.objective.losses``)
 - Two-stage runs (``objective.sft_stage_steps``) keep one optimiser and schedule across
   both stages, and generate (and log) rollouts during the SFT stage as well, so that
   every step of every method costs a generation pass.
+- Demonstration sources (``objective.demo_source``): own correct rollouts enter the pool
+  before the step's demonstrations are picked, so with ``self`` a prompt solved for the
+  first time is its own demonstration in the same step (a copy of a rollout of its group).
+- Prefix-RFT (``objective.prefix_rollouts``): prefixed rollouts share the group with plain
+  ones; a prefix keeps at least one demonstration token for the model to write, and the
+  continuation is cut so that prefix + continuation fit ``max_response_tokens``.
+- SASR (``objective.sasr_warmup_steps``): the SFT gradient norm that drives the choice is
+  measured on the step's prompts with a separate forward/backward before the step.
+- The target-entropy controller (``sft_weight``/``rl_weight`` = target) updates after each
+  step from that step's mean rollout entropy; its state is saved in checkpoints.
 """
 
 from __future__ import annotations

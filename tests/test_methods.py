@@ -16,6 +16,7 @@ from srft.objective import (
     TERMS,
     agg_loss,
     chord_mu,
+    kl_full,
     phi_weight,
     prob_weight,
     sft_weight,
@@ -225,8 +226,9 @@ def test_terms_add_up_to_the_total(preset):
     ref = logp.detach() + 0.1 * torch.randn(B, T, generator=g)
     prefix_len = torch.tensor([0, 2, 0, 1, 0, 3, 0, 0])
     cfg = load_config(preset).objective
+    kl = kl_full(torch.log_softmax(logits, -1), torch.log_softmax(torch.randn(B, T, V, generator=g), -1))
     terms, _ = token_losses(cfg, logp, ent, mask, is_demo, correct, adv, None, ref, step=3, sft_factor=0.7,
-                            rl_factor=1.3, prefix_len_B=prefix_len)
+                            rl_factor=1.3, prefix_len_B=prefix_len, kl_BT=kl)
     assert set(terms) == set(TERMS)
     for name, t in terms.items():
         assert t.shape == (B, T), name

@@ -90,3 +90,36 @@ def test_prefix_keep_mask_matches_a_loop(seed):
         for t in range(int(lengths[b])):
             expected[b, t] = 1.0 if t >= n or t in ranked else 0.0
     torch.testing.assert_close(prefix_keep_mask(ent, prefix_len, mask, top), expected)
+
+
+def test_full_kl_by_hand():
+    from srft.objective import kl_full
+
+    # pi = (0.5, 0.5), ref = (0.25, 0.75): 0.5 ln(0.5/0.25) + 0.5 ln(0.5/0.75) = 0.5 (0.6931 - 0.4055) = 0.1438
+    logp = torch.log(torch.tensor([[[0.5, 0.5], [0.9, 0.1]]])).requires_grad_(True)
+    ref = torch.log(torch.tensor([[[0.25, 0.75], [0.9, 0.1]]])).requires_grad_(True)
+    kl = kl_full(logp, ref)
+    torch.testing.assert_close(kl, torch.tensor([[0.5 * (math.log(2) + math.log(2 / 3)), 0.0]]), atol=1e-5, rtol=0)
+    kl.sum().backward()
+    assert ref.grad is None and logp.grad is not None  # the reference is a constant
+
+
+def test_asft_full_kl_term(tiny_model_dir, tmp_path):
+    """ASFT's KL term is the full KL on demonstration tokens: 0 at step 0, > 0 once the policy moved."""
+    import json
+
+    from srft.config import load_config
+    from srft.training.loop import train
+
+    before = torch.get_num_threads()
+    try:
+        cfg = load_config("asft", None, [
+            f"model.path={tiny_model_dir}", "run.eval_every=0", "run.save_every=0", "run.eval_k=1",
+            "run.progress=false", "run.plots=false", "rollout.prompts_per_step=2", "rollout.n=2",
+            "data.train_size=10", "data.test_size=2", "data.max_response_tokens=48", "data.too_long=truncate",
+            "model.threads=1", "run.steps=2", "optim.lr=1e-2", f"run.out_dir={tmp_path}/run"])
+        assert cfg.objective.kl_estimator == "full" and cfg.objective.kl_tokens == "demos"
+        records = [json.loads(line) for line in (train(cfg) / "metrics.jsonl").read_text().splitlines()]
+    finally:
+        torch.set_num_threads(before)
+    assert records[0]["loss_kl"] == 0 and records[1]["loss_kl"] > 0

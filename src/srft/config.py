@@ -127,6 +127,9 @@ class ObjectiveConfig:
     entropy_granularity: Literal["token", "sequence", "batch"] = _f("sequence", "Entropy H used in the weights: per token, per sequence mean, or batch mean.")
     entropy_coef: float = _f(0.001, "Entropy bonus coefficient (loss -= coef * entropy).")
     kl_coef: float = _f(0.0, "KL penalty to the frozen initial model (k3 estimator); 0 = no reference model.")
+    kl_estimator: Literal["k3", "full"] = _f(
+        "k3", "KL estimate: k3 at the sequence's own tokens (cheap; unbiased only on own samples), or the exact "
+        "KL over the whole vocabulary at each position (needs [B, T, V] log-probs of both models).")
     kl_tokens: Literal["rollouts", "demos", "all"] = _f(
         "rollouts", "Where the KL penalty applies: own rollout tokens (RL), demonstration tokens (ASFT) or both.")
     demo_source: Literal["expert", "self", "mixed"] = _f(

@@ -8,6 +8,7 @@ from srft.objective.losses import (
     entropy_for_weights,
     group_advantages,
     grpo_loss,
+    kl_full,
     kl_k3,
     offpolicy_loss,
     phi_weight,
@@ -22,7 +23,7 @@ from srft.objective.losses import (
 )
 
 __all__ = [
-    "TERMS", "token_losses", "agg_loss", "chord_mu", "entropy_for_weights", "group_advantages", "grpo_loss", "kl_k3",
+    "TERMS", "token_losses", "agg_loss", "chord_mu", "entropy_for_weights", "group_advantages", "grpo_loss", "kl_full", "kl_k3",
     "offpolicy_loss", "phi_weight", "prob_weight", "rl_weight", "self_rollout_loss", "sft_loss", "sft_weight", "token_logprobs_and_entropy",
     "controller_update", "prefix_keep_mask", "weight_factor",
 ]

@@ -51,6 +51,7 @@ def token_losses(
     sft_factor: float = 1.0,  # the step's factor of w_SFT (sft_weight linear/cosine/target)
     rl_factor: float = 1.0,  # the step's factor of w_RL (rl_weight linear/cosine/target)
     prefix_len_B: torch.Tensor | None = None,  # [B] Prefix-RFT: demonstration tokens opening each rollout
+    kl_BT: torch.Tensor | None = None,  # [B, T] full-vocabulary KL to the reference (kl_estimator=full)
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Return (terms, weights): terms name -> [B, T] loss, weights 'w_sft'/'w_rl' -> [B, T] (detached).
 
@@ -97,10 +98,16 @@ def token_losses(
     if cfg.entropy_coef != 0:
         terms["entropy_bonus"] = -cfg.entropy_coef * entropy_BT * roll_BT
     if cfg.kl_coef != 0:
-        if ref_logp_BT is None:
-            raise ValueError("kl_coef > 0 needs the reference model's log-probs")
+        if cfg.kl_estimator == "full":
+            if kl_BT is None:
+                raise ValueError("kl_estimator=full needs the per-token full KL (kl_BT)")
+            per_token_BT = kl_BT
+        else:
+            if ref_logp_BT is None:
+                raise ValueError("kl_coef > 0 needs the reference model's log-probs")
+            per_token_BT = kl_k3(logp_BT, ref_logp_BT)
         where_BT = {"rollouts": roll_BT, "demos": demo_BT, "all": roll_BT + demo_BT}[cfg.kl_tokens]
-        terms["kl"] = cfg.kl_coef * kl_k3(logp_BT, ref_logp_BT) * where_BT
+        terms["kl"] = cfg.kl_coef * per_token_BT * where_BT
     if rl_share != 1.0:
         terms = {name: t if name == "sft" else rl_share * t for name, t in terms.items()}
     return terms, {"w_sft": w_sft_BT, "w_rl": w_rl_BT}

@@ -305,6 +305,15 @@ def grpo_loss(logp_BT: torch.Tensor, old_logp_BT: torch.Tensor, adv_B: torch.Ten
     return loss_BT, (clipped_BT > unclipped_BT).float()
 
 
+def kl_full(logp_BTV: torch.Tensor, ref_logp_BTV: torch.Tensor) -> torch.Tensor:
+    """KL(pi || ref) over the whole vocabulary at each position: sum_v pi(v) (log pi(v) - log ref(v)). [B, T].
+
+    Exact, and zero only where the two distributions agree; costs the full [B, T, V]
+    log-probs of both models (the k3 estimate needs only the sampled tokens').
+    """
+    return (logp_BTV.exp() * (logp_BTV - ref_logp_BTV.detach())).sum(-1)
+
+
 def kl_k3(logp_BT: torch.Tensor, ref_logp_BT: torch.Tensor) -> torch.Tensor:
     """k3 estimator of KL(pi || ref) per token: exp(ref - logp) - (ref - logp) - 1 >= 0. [B, T]."""
     delta_BT = ref_logp_BT.detach() - logp_BT

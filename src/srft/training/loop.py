@@ -66,6 +66,7 @@ from srft.objective import (
     agg_loss,
     controller_update,
     group_advantages,
+    kl_full,
     token_logprobs_and_entropy,
     token_losses,
     weight_factor,
@@ -163,12 +164,16 @@ def pad_batch(seqs: list[tuple[list[int], list[int]]], pad_id: int, device) -> d
                                              tokens_BT=tokens_BT, mask_BT=mask_BT, pos_BT=pos_BT).items()}
 
 
-def response_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """log pi and entropy at every response token: ([B, T], [B, T])."""
+def response_logits(model, batch: dict) -> torch.Tensor:
+    """The logits that predict each response token: [B, T, V]."""
     logits_BLV = model(input_ids=batch["input_ids_BL"], attention_mask=batch["attention_BL"]).logits
     V = logits_BLV.shape[-1]
-    logits_BTV = logits_BLV.gather(1, batch["pos_BT"].unsqueeze(-1).expand(-1, -1, V))
-    return token_logprobs_and_entropy(logits_BTV, batch["tokens_BT"])
+    return logits_BLV.gather(1, batch["pos_BT"].unsqueeze(-1).expand(-1, -1, V))
+
+
+def response_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi and entropy at every response token: ([B, T], [B, T])."""
+    return token_logprobs_and_entropy(response_logits(model, batch), batch["tokens_BT"])
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -601,16 +606,22 @@ def train_step(cfg: Config, step: int, model, ref_model, engine, tokenizer, task
             ids = order[start:start + cfg.optim.micro_batch]
             batch = pad_batch([seqs[i] for i in ids], tokenizer.pad_token_id, device)
             mask_BT = batch["mask_BT"]
-            logp_BT, ent_BT = response_logprobs(model, batch)
-            ref_BT = None
+            logits_BTV = response_logits(model, batch)
+            logp_BT, ent_BT = token_logprobs_and_entropy(logits_BTV, batch["tokens_BT"])
+            ref_BT = kl_BT = None
             if ref_model is not None:
                 with torch.no_grad():
-                    ref_BT, _ = response_logprobs(ref_model, batch)
+                    ref_logits_BTV = response_logits(ref_model, batch)
+                ref_BT, _ = token_logprobs_and_entropy(ref_logits_BTV, batch["tokens_BT"])
+                if obj.kl_estimator == "full":
+                    kl_BT = kl_full(torch.log_softmax(logits_BTV.float(), -1),
+                                    torch.log_softmax(ref_logits_BTV.float(), -1))
+                del ref_logits_BTV
             demo_B = is_demo_N[ids].to(device)
             terms, weights = token_losses(obj, logp_BT, ent_BT, mask_BT, demo_B, correct_N[ids].to(device),
                                           adv_N[ids].to(device), None, ref_BT, step=step, sft_factor=factors[0],
                                           rl_factor=factors[1],
-                                          prefix_len_B=prefix_N[ids].to(device) if n_prefixed else None)
+                                          prefix_len_B=prefix_N[ids].to(device) if n_prefixed else None, kl_BT=kl_BT)
             reduced = {n: agg_loss(t, mask_BT, obj.loss_agg, **counts) for n, t in terms.items()}
             loss = sum(reduced.values())
             loss.backward()

@@ -319,7 +319,7 @@ def test_cli_rejects_unknown_methods_and_dry_runs(tmp_path, capsys):
                  "--set", "run.steps=2"]) == 0
     out = capsys.readouterr().out
     assert out.count("-m srft train --preset grpo") == 2  # strong and weak
-    assert "run.steps=2" in out and "run.seed=3" in out and "model.base_steps=250" in out
+    assert "run.steps=2" in out and "run.seed=3" in out and "model.base_steps=600" in out
     assert not (tmp_path / "plan.json").exists()  # a dry run writes nothing
 
 

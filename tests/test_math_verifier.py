@@ -18,7 +18,7 @@ from srft.rewards import (
     score_choice,
     score_math,
 )
-from srft.rewards.math import sympy_equal
+from srft.rewards.math import _fast_compare, math_verify_equal, sympy_equal
 
 BENCH = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "benchmarks"
 
@@ -69,8 +69,40 @@ def test_answer_line_fallbacks():
 def test_think_is_searched_last():
     c = "<think>maybe \\boxed{1}</think> The answer is \\boxed{2}."
     assert extract_math_answer(c) == ("2", "boxed")
-    ans, how = extract_math_answer("<think>so \\boxed{5}</think> I am done.")
-    assert ans == "5" and how == "think:boxed"
+    # an answer only inside <think> is not taken unless asked for
+    c = "<think>so \\boxed{5}</think> I am done."
+    assert extract_math_answer(c) == (None, "think_only")
+    assert extract_math_answer(c, think_answers=True) == ("5", "think:boxed")
+
+
+@pytest.mark.parametrize(
+    "completion",
+    [
+        "<think>so \\boxed{5}</think>",  # nothing after </think>
+        "<think>so \\boxed{5}</think> I am done.",  # no answer after </think>
+        "<think>so \\boxed{5}",  # truncated: <think> never closed
+        "Sure. <think>so \\boxed{5} and then",  # same, after some text
+    ],
+)
+def test_think_answers_not_credited(completion):
+    s = score_math(completion, "5")
+    assert (s.reward, s.extracted, s.info) == (0.0, None, {"how": "think_only"})
+    s = score_math(completion, "5", think_answers=True)
+    assert s.reward == 1.0 and s.info == {"how": "think:boxed", "from_think": True}
+
+
+def test_think_answers_in_choice_and_verifier():
+    assert score_choice("<think>the answer is B</think>", "B").reward == 0.0
+    s = score_choice("<think>the answer is B</think>", "B", think_answers=True)
+    assert s.reward == 1.0 and s.info["from_think"]
+    comps, golds = ["<think>\\boxed{5}</think>", "<think>Answer: B</think>", "<think>x</think>\\boxed{5}"], ["5", "B", "5"]
+    # decided in the calling process: no worker is started
+    with Verifier(kind="auto", workers=1) as v:
+        assert [s.reward for s in v.score_batch(comps, golds)] == [0.0, 0.0, 1.0]
+    with Verifier(kind="auto", workers=1, think_answers=True) as v:
+        scores = v.score_batch(comps, golds)
+        assert [s.reward for s in scores] == [1.0, 1.0, 1.0]
+        assert [s.info.get("from_think", False) for s in scores] == [True, True, False]
 
 
 @pytest.mark.parametrize(
@@ -86,6 +118,13 @@ def test_think_is_searched_last():
         ("Answer: J", "J"),
         ("reasoning...\n(B)\n", "B"),
         ("no choice at all", None),
+        # the final explicit choice wins over earlier mentions of options
+        ("Option A: wrong... Option D: 5 is incorrect. Therefore, **C** is correct.", "C"),
+        ("The answer is A. Wait, A is wrong; I choose B.", "B"),
+        ("Let us see which of A-D is correct. Answer: (B)", "B"),
+        ("(C) is the right answer.", "C"),
+        ("Answer: A is incorrect", None),  # a rejection, not a choice
+        ("Option D: 5 is incorrect.", None),  # a mention, not a choice
         ("Answer: Because it is heavier", None),
     ],
 )
@@ -102,57 +141,138 @@ def test_score_choice_digits_and_letters():
 
 
 # ---------------------------------------------------------------------------
-# equivalences
+# equivalences: a table of (prediction, gold, why), scored as \boxed{prediction}
 # ---------------------------------------------------------------------------
 
+ACCEPTED = [
+    (r"\frac{1}{2}", "0.5", "same value"),
+    ("0.5", r"\frac{1}{2}", "same value"),
+    (r"\dfrac{1}{2}", r"\frac{1}{2}", "\\dfrac is \\frac"),
+    (r"\tfrac12", r"\frac{1}{2}", "\\tfrac is \\frac"),
+    ("1/2", r"\frac{1}{2}", "same value"),
+    (r"\frac {1} {2}", r"\frac{1}{2}", "spaces between groups mean nothing"),
+    ("x=3", "3", "an assignment to a variable gives its value"),
+    ("x = 3", "3", "same"),
+    ("x=5", "5", "same"),
+    ("4", "4.0", "integer gold written with a zero decimal"),
+    ("12", "12.0", "same"),
+    ("12.0", "12", "same value"),
+    ("-3", "-3.00", "same value"),
+    ("12345.670", "12345.67", "same value, one more zero"),
+    (r"[1,2)", r"[1, 2)", "interval, spacing"),
+    (r"\left[ 1, 2 \right)", "[1,2)", "\\left/\\right before a delimiter are sizing only"),
+    (r"(-\infty, 3]", r"(-\infty,3]", "interval, spacing"),
+    (r"(1, 2)", r"(1,2)", "spacing"),
+    (r"(-\infty, 0) \cup (1, \infty)", r"(-\infty,0)\cup(1,\infty)", "union of intervals, spacing"),
+    (r"\left( 3, \frac{\pi}{2} \right)", r"\left( 3, \frac{\pi}{2} \right)", "identical"),
+    (r"(3,\frac{\pi}{2})", r"\left( 3, \frac{\pi}{2} \right)", "\\left( is ("),
+    ("3,2,1", "$1,2,3$", "a list of solutions in another order"),
+    (r"\{2, 1\}", r"\{1,2\}", "a set in another order"),
+    (r"2\sqrt{3}", r"\sqrt{12}", "same value"),
+    (r"$\sqrt{15}$", r"\sqrt{15}", "math delimiters"),
+    (r"137\frac{1}{2}", r"137 \frac{1}{2}", "a mixed number, spacing"),
+    (r"10\%", "10", "percent sign dropped (as math_verify does)"),
+    ("10", r"10\%", "same"),
+    ("0.1", r"10\%", "10% is 0.1 (as math_verify does)"),
+    ("0.175", "17.5%", "same"),
+    (r"90^\circ", "90", "degree sign dropped"),
+    ("52_8", "52_8", "identical"),
+    ("52", "52_8", "the base may be left out"),
+    (r"\$5", "5", "dollar sign dropped"),
+    (r"1\,000", "1000", "\\, is a thin space, LaTeX's digit-group separator"),
+    ("0.0000673", r"6.73\times 10^{-5}", "same number in another notation"),
+    (r"6.73 \cdot 10^{-5}", "0.0000673", "same"),
+    ("1000000", "10^6", "same"),
+    ("0.00104", "1.04e-3", "e-notation is a number (Minerva golds use it)"),
+    ("3.1416", "3.14", "the gold's precision: 3.1416 is 3.14 to the gold's 2 places"),
+    (r"\pi", "3.14", "the gold's precision, through sympy: pi is 3.14 to 2 places"),
+    (r"5\text{ cm}", r"5\text{ cm}", "identical"),
+    (r"5 \text{cm}", r"5\text{ cm}", "spacing in the unit"),
+    ("5 cm", r"5\text{ cm}", "a bare unit word is the same unit"),
+    ("5", r"5\text{ cm}", "a unit on one side only is ignored: the number is right"),
+    (r"5\text{ cm}", "5", "same"),
+    ("864", r"864 \mbox{ inches}^2", "same"),
+    (r"864\text{ inch}^{2}", r"864 \mbox{ inches}^2", "singular/plural and exponent braces"),
+    (r"\frac{270}{7}^\circ", r"\frac{270}7\text{ degrees}", "degrees as a unit or as a sign"),
+]
 
-@pytest.mark.parametrize(
-    "pred,gold",
-    [
-        (r"\frac{1}{2}", "0.5"),
-        ("0.5", r"\frac{1}{2}"),
-        (r"\dfrac{1}{2}", r"\frac{1}{2}"),
-        (r"\tfrac12", r"\frac{1}{2}"),
-        ("1/2", r"\frac{1}{2}"),
-        (r"\frac {1} {2}", r"\frac{1}{2}"),
-        ("x=3", "3"),
-        ("x = 3", "3"),
-        ("4", "4.0"),
-        (r"[1,2)", r"[1, 2)"),
-        (r"(-\infty, 3]", r"(-\infty,3]"),
-        (r"(1, 2)", r"(1,2)"),
-        (r"\left( 3, \frac{\pi}{2} \right)", r"\left( 3, \frac{\pi}{2} \right)"),
-        (r"(3,\frac{\pi}{2})", r"\left( 3, \frac{\pi}{2} \right)"),
-        ("3,2,1", "$1,2,3$"),
-        (r"2\sqrt{3}", r"\sqrt{12}"),
-        (r"$\sqrt{15}$", r"\sqrt{15}"),
-        ("10\\%", "10"),
-        (r"90^\circ", "90"),
-        ("52_8", "52_8"),
-        ("52", "52_8"),
-        (r"\$5", "5"),
-    ],
-)
-def test_known_equivalences(pred, gold):
+REJECTED = [
+    (r"\frac{1}{3}", "0.5", "different value"),
+    ("5", "4.0", "different value"),
+    ("3,2,4", "$1,2,3$", "different solutions"),
+    ("52_9", "52_8", "different base"),
+    (".0000673", ".0000672", "differ in the gold's last place"),
+    (r"\frac{1}{3} E_{1}+\frac{2}{3} E_{3}", r"\frac{1}{3} E_{1}+\frac{2}{3} E_{2}", "different subscript"),
+    ("[1,2]", "[1,2)", "closed vs half-open"),
+    ("12345678901234568", "12345678901234567", "integers beyond float precision"),
+    (r"A \rightarrow B", r"A \leftarrow B", "\\left inside \\leftarrow is no delimiter"),
+    ("1 2", "12", "a space between digits separates two numbers"),
+    ("2 1/2", "21/2", "a mixed number (2.5) is not 10.5"),
+    ("1 000", "1000", "same: a plain space is no digit separator"),
+    ("12345.68", "12345.67", "differ in the gold's last place"),
+    ("1000000.5", "1000000", "an integer gold is compared exactly"),
+    ("12.4", "12", "same"),
+    ("0.0000672", r"6.73\times 10^{-5}", "the gold is 0.0000673: differs in its 7th place"),
+    ("0.000067", "0.0000672", "math_verify rounds both to 6 places (0.000067); the gold has 7"),
+    ("3.15", "3.14", "differs in the gold's last place"),
+    ("3.145", "3.14", "exactly half a unit off: not within"),
+    (r"5\text{ m}", r"5\text{ cm}", "different units"),
+    (r"864 \mbox{ inches}^3", r"864 \mbox{ inches}^2", "different unit exponents"),
+    ("5 feet", r"5\text{ m}", "different units"),
+    (r"3\text{ hours and }20\text{ minutes}", "3", "3 h 20 min is not 3: only the last unit is split off"),
+    ("2", "2ab", "ab is no unit (math_verify's unit list strips it)"),
+    ("4", "4 t", "t is a variable (math_verify's unit list strips it)"),
+    ("17.5", "17.5%", "a decimal against a percent is compared as a fraction (as math_verify does)"),
+]
+
+# Accepted pairs that plain math_verify (its unit stripping, 6-place rounding) rejects,
+# each with why accepting is right. The fast path may accept nothing else it rejects.
+MATH_VERIFY_REJECTS = {
+    (r"1\,000", "1000"): "math_verify reads 1\\,000 as the product 1*000",
+    ("0.00104", "1.04e-3"): "math_verify reads 1.04e-3 as 1.04*E - 3 (Euler's number)",
+    ("3.1416", "3.14"): "math_verify compares at 6 places, finer than the gold",
+    (r"\pi", "3.14"): "same",
+}
+
+
+def _ids(rows):
+    return [f"{p} | {g}" for p, g, _ in rows]
+
+
+@pytest.mark.parametrize("pred,gold,why", ACCEPTED, ids=_ids(ACCEPTED))
+def test_accepted(pred, gold, why):
     s = score_math(f"Thus the final answer is \\boxed{{{pred}}}.", gold)
-    assert s.reward == 1.0, (pred, gold, s)
+    assert s.reward == 1.0, (why, s)
 
 
-@pytest.mark.parametrize(
-    "pred,gold",
-    [
-        (r"\frac{1}{3}", "0.5"),
-        ("5", "4.0"),
-        ("3,2,4", "$1,2,3$"),
-        ("52_9", "52_8"),
-        (".0000673", ".0000672"),
-        (r"\frac{1}{3} E_{1}+\frac{2}{3} E_{3}", r"\frac{1}{3} E_{1}+\frac{2}{3} E_{2}"),
-        ("[1,2]", "[1,2)"),
-        ("12345678901234568", "12345678901234567"),
-    ],
-)
-def test_known_differences(pred, gold):
-    assert score_math(f"\\boxed{{{pred}}}", gold).reward == 0.0, (pred, gold)
+@pytest.mark.parametrize("pred,gold,why", REJECTED, ids=_ids(REJECTED))
+def test_rejected(pred, gold, why):
+    s = score_math(f"\\boxed{{{pred}}}", gold)
+    assert s.reward == 0.0 and s.format_ok, (why, s)
+
+
+@pytest.mark.parametrize("pred,gold,why", ACCEPTED, ids=_ids(ACCEPTED))
+def test_fast_path_accepts_only_what_math_verify_accepts(pred, gold, why):
+    if _fast_compare(pred, gold) is True and (pred, gold) not in MATH_VERIFY_REJECTS:
+        assert math_verify_equal(pred, gold), why
+
+
+@pytest.mark.parametrize("pair", sorted(MATH_VERIFY_REJECTS))
+def test_math_verify_rejects_what_the_table_says(pair):
+    # keeps MATH_VERIFY_REJECTS honest: each entry really is a disagreement
+    assert not math_verify_equal(*pair), MATH_VERIFY_REJECTS[pair]
+
+
+def test_table_through_the_pool():
+    # the worker (every answer through sympy, no in-process shortcut) agrees with the table
+    rows = ACCEPTED + REJECTED
+    with Verifier(kind="math", workers=2, timeout_s=20.0, fast_path=False) as v:
+        scores = v.score_batch([f"\\boxed{{{p}}}" for p, _, _ in rows], [g for _, g, _ in rows])
+    got = [s.reward for s in scores]
+    assert got == [1.0] * len(ACCEPTED) + [0.0] * len(REJECTED), [
+        (p, g, s.info) for (p, g, _), s, want in zip(rows, scores, [1.0] * len(ACCEPTED) + [0.0] * len(REJECTED))
+        if s.reward != want
+    ]
 
 
 def test_score_fields():
@@ -167,16 +287,6 @@ def test_score_fields():
 # ---------------------------------------------------------------------------
 # benchmark golds
 # ---------------------------------------------------------------------------
-
-# Altering a digit of these golds gives an answer that math_verify still accepts:
-# the digit changed is the exponent of a unit, and units are stripped before comparing
-# (864 square inches is compared as 864). A model answer rarely carries a wrong unit
-# exponent with a right number, so this is left as it is.
-ALTERED_STILL_ACCEPTED = {
-    r"864 \mbox{ inches}^2": "unit exponent: units are stripped",
-    r"15\mbox{ cm}^2": "unit exponent: units are stripped",
-}
-
 
 def _alter(gold: str) -> str | None:
     """The gold with its last digit changed, or None if it has no digit."""
@@ -232,7 +342,8 @@ def _check_altered(verifier, n: int | None):
     pairs = []
     for g in sorted(set(golds)):
         a = _alter(g)
-        if a is not None and g not in ALTERED_STILL_ACCEPTED:
+        # every gold, also those whose last digit is a unit's exponent (864 \mbox{ inches}^2)
+        if a is not None:
             pairs.append((g, a))
     if n is not None:
         pairs = random.Random(1).sample(pairs, n)

@@ -13,9 +13,30 @@ Three layers:
   dies, scores 0 (``info={"timeout": True}`` / ``info={"error": ...}``), the
   worker is replaced, and nothing is raised to the caller.
 
-Which text is searched: when the completion contains ``</think>``, the text
-after the last ``</think>`` is searched first and the whole completion only if
-no answer is found there (``info["from_think"] = True`` then).
+Which text is searched: the answer part, i.e. the text after the last
+``</think>`` (the whole completion without one), cut at a ``<think>`` that is
+never closed. An answer that appears only inside the reasoning is not credited
+(``info["how"] = "think_only"``) unless ``think_answers=True``
+(``score_math``/``score_choice``/``Verifier`` argument), which credits it with
+``info["from_think"] = True``.
+
+How two math answers are compared (:func:`verify_math_answers`):
+
+* strings: equal after removing presentation-only markup (:func:`normalize_answer`;
+  whitespace is kept between two letters or digits: "1 2" is not "12");
+* units: one trailing unit (``\\text{ cm}``, ``\\mbox{ inches}^2``, or a common
+  unit word after a number, "5 cm") is split off both sides. Different units
+  (singular/plural aside) score 0; a unit on one side only is ignored ("5" for
+  "5\\text{ cm}" scores 1). math_verify's own unit stripping is off: it deletes
+  any trailing ``\\text{...}`` and words such as "m", "t", "ab". Lost with it:
+  units not written as above ("5 furlongs", "2\\pi cm") are read as variables,
+  and equivalent units in different words ("100 cm" vs "1 m") score 0;
+* numbers (plain, ``6.73\\times 10^{-5}``, ``1.04e-3``): exactly for an integer
+  gold, else at the gold's precision (within half a unit of its last decimal
+  place: "3.1416" is "3.14", "12345.68" is not "12345.67"). The same rounding
+  is handed to math_verify when the prediction needs sympy (``\\pi`` is "3.14");
+* anything else: math_verify (sympy), which rounds floats to 6 places when the
+  gold is not a number.
 """
 
 from __future__ import annotations
@@ -26,8 +47,9 @@ import re
 import signal
 import time
 from collections import deque
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation, localcontext
 from multiprocessing.connection import wait as _conn_wait
+from typing import NamedTuple
 
 from srft.tasks.base import Score
 
@@ -55,14 +77,17 @@ MAX_ANSWER_CHARS = 2000
 
 
 def split_think(text: str) -> tuple[str, str]:
-    """Return (reasoning, answer part): the text before and after the last ``</think>``.
+    """Return (reasoning, answer part) of a completion.
 
-    Without ``</think>`` the reasoning is empty and the answer part is the whole text.
+    The answer part is the text after the last ``</think>`` (the whole text
+    without one), cut at a ``<think>`` that is never closed: a truncated
+    completion is still reasoning. The reasoning is everything else, in order.
     """
-    k = text.rfind("</think>")
-    if k < 0:
-        return "", text
-    return text[:k], text[k + len("</think>") :]
+    end = text.rfind("</think>")
+    start = end + len("</think>") if end >= 0 else 0
+    opened = text.find("<think>", start)
+    stop = opened if opened >= 0 else len(text)
+    return text[:start] + text[stop:], text[start:stop]
 
 
 _BRACE_TOKEN = re.compile(r"\\.|[{}]", re.DOTALL)
@@ -192,22 +217,35 @@ def _extract_math_in(text: str) -> tuple[str | None, str]:
     return None, "none"
 
 
-def extract_math_answer(completion: str) -> tuple[str | None, str]:
+def _search_think(completion: str, find, think_answers: bool):
+    """Run ``find`` (text -> (answer, how)) on the answer part, then on the reasoning.
+
+    An answer found only in the reasoning is returned with how ``think:<how>``
+    when ``think_answers``, else as (None, "think_only"): a guess written while
+    thinking is not a final answer, and crediting it would teach the policy to
+    stop before answering.
+    """
+    reasoning, tail = split_think(completion)
+    ans, how = find(tail)
+    if ans is not None or not reasoning:
+        return ans, how
+    ans, how = find(completion)
+    if ans is None:
+        return None, "none"
+    return (ans, "think:" + how) if think_answers else (None, "think_only")
+
+
+def extract_math_answer(completion: str, think_answers: bool = False) -> tuple[str | None, str]:
     """Final answer of a math completion and how it was found.
 
     Order: the last ``\\boxed{}``/``\\fbox{}``; else the last "The answer is X" /
-    "Answer: X" / "#### X" line. Looks after ``</think>`` first, then in the
-    whole completion (``how`` is then prefixed with ``think:``).
+    "Answer: X" / "#### X" line. Only the answer part (see :func:`split_think`)
+    is searched unless ``think_answers``, which falls back to the whole completion.
     Returns (answer or None, how) with how in {"boxed", "answer_line",
-    "hash_line", "none"}.
+    "hash_line", "none", "think_only"} (``think:`` prefixed when the answer
+    came from the reasoning; "think_only": an answer exists only there, not taken).
     """
-    reasoning, tail = split_think(completion)
-    ans, how = _extract_math_in(tail)
-    if ans is None and reasoning:
-        ans, how = _extract_math_in(completion)
-        if ans is not None:
-            how = "think:" + how
-    return ans, how
+    return _search_think(completion, _extract_math_in, think_answers)
 
 
 _LETTERS = "ABCDEFGHIJ"
@@ -236,23 +274,45 @@ def _choice_from_boxed(content: str, labels: str) -> str | None:
     return None
 
 
-def _choice_patterns(labels: str) -> list[re.Pattern]:
+def _choice_patterns(labels: str) -> list[tuple[re.Pattern, str]]:
+    """Phrases that state a choice, each capturing the label.
+
+    A bare mention ("Option D: 5 is incorrect") is not a choice: a label counts
+    only after "answer is/:" or "correct option is", before "is correct", after
+    "choose", or alone on a line; and never when followed by "is wrong/not...".
+    Quantifiers are bounded so that the scan stays linear.
+    """
     cls = "[" + labels + "]"
-    tail = r"(?![A-Za-z0-9])"
+    # the label with its usual markup: **C**, (C), $C$, \text{C}, \textbf{C}
+    label = r"(?:\*\*|\$|\\text(?:bf)?\{)?[ \t]{0,2}\(?(" + cls + r")\)?(?![A-Za-z0-9])"
+    after = r"(?:\*\*|\$|\})?"
+    rejected = r"(?![ \t]{0,3}(?:\*\*|\$|\})?[ \t]{0,3}(?i:is|was)[ \t]{1,3}(?i:not|incorrect|wrong|false)\b)"
+    lead = r"[ \t]{0,3}:?[ \t]{0,3}(?:\*\*)?[ \t]{0,3}(?:(?i:option|choice)[ \t]{1,3})?"
     return [
-        # "the answer is (B)", "Answer: B", "correct option is **C**", "answer: \text{D}"
-        re.compile(
-            r"(?i:answer|option|choice)(?:\s{1,3}(?i:is))?\s{0,3}:?\s{0,3}(?:\*\*)?\s{0,3}(?:\\text\{)?\s{0,2}\(?("
-            + cls
-            + r")\)?"
-            + tail
-        ),
-        # a last line that is only the label: "B", "(B)", "**B**"
-        re.compile(r"^[ \t*]{0,5}\(?(" + cls + r")\)?[ \t*.]{0,5}$", re.MULTILINE),
+        # "the answer is (B)", "Answer: B", "**Answer:** D", "the final answer would be C"
+        (re.compile(r"(?i:answer)(?:\*\*)?[ \t]{0,3}(?:(?i:is|would[ \t]{1,3}be|should[ \t]{1,3}be|must[ \t]{1,3}be)|:)"
+                    + lead + label + after + rejected), "answer_line"),
+        # "the correct option is C", "best choice: (B)"
+        (re.compile(r"(?i:correct|right|best|final)[ \t]{1,3}(?i:option|choice|letter)(?:[ \t]{1,3}(?i:is))?"
+                    + lead + label + after + rejected), "answer_line"),
+        # "**C** is correct", "(C) is the right answer", "option C is the answer"
+        (re.compile(r"(?<![A-Za-z0-9-])" + label + after
+                    + r"[ \t]{1,3}(?i:is)[ \t]{1,3}(?:(?i:the)[ \t]{1,3})?(?i:correct|right|best|answer)\b"), "answer_line"),
+        # "I choose B", "select (D)", "go with C"
+        (re.compile(r"(?i:choose|select|pick|go[ \t]{1,3}with)" + lead + label + after + rejected), "answer_line"),
+        # a line that is only the label: "B", "(B)", "**B**"
+        (re.compile(r"^[ \t*]{0,5}\(?(" + cls + r")\)?[ \t*.]{0,5}$", re.MULTILINE), "label_line"),
     ]
 
 
-_PATTERN_CACHE: dict[str, list[re.Pattern]] = {}
+_PATTERN_CACHE: dict[str, list[tuple[re.Pattern, str]]] = {}
+
+
+def _last_match(pat: re.Pattern, text: str) -> re.Match | None:
+    last = None
+    for last in pat.finditer(text):
+        pass
+    return last
 
 
 def _extract_choice_in(text: str, labels: str) -> tuple[str | None, str]:
@@ -264,36 +324,39 @@ def _extract_choice_in(text: str, labels: str) -> tuple[str | None, str]:
     pats = _PATTERN_CACHE.get(labels)
     if pats is None:
         pats = _PATTERN_CACHE[labels] = _choice_patterns(labels)
-    for pat, how in zip(pats, ("answer_line", "label_line")):
-        last = None
-        for last in pat.finditer(text):
-            pass
-        if last is not None:
-            return last.group(1), how
-    return None, "none"
+    # the final statement wins: a model that changes its mind says so last
+    best, best_how = None, "none"
+    for pat, how in pats:
+        m = _last_match(pat, text)
+        if m is not None and (best is None or m.start(1) > best.start(1)):
+            best, best_how = m, how
+    return (best.group(1), best_how) if best is not None else (None, "none")
 
 
-def extract_choice(completion: str, labels: str = _LETTERS) -> tuple[str | None, str]:
+def extract_choice(
+    completion: str, labels: str = _LETTERS, think_answers: bool = False
+) -> tuple[str | None, str]:
     """The chosen option label (``A``-``J``, or ``1``-``9`` with ``labels="123456789"``).
 
-    Sources, in order: the last ``\\boxed{}`` (``B``, ``(B)``, ``B) text``,
-    ``\\text{B}``); the last "answer is (B)" / "Answer: B" phrase; a last line
-    holding only the label. Looks after ``</think>`` first.
+    The last ``\\boxed{}`` (``B``, ``(B)``, ``B) text``, ``\\text{B}``) wins;
+    else the last explicit statement of a choice ("the answer is (B)",
+    "Answer: B", "**C** is correct", "I choose C", a line holding only the
+    label); mentions such as "Option D: ..." do not count. The reasoning
+    inside ``<think>`` is searched only with ``think_answers`` (see
+    :func:`extract_math_answer`).
     """
-    reasoning, tail = split_think(completion)
-    c, how = _extract_choice_in(tail, labels)
-    if c is None and reasoning:
-        c, how = _extract_choice_in(completion, labels)
-        if c is not None:
-            how = "think:" + how
-    return c, how
+    return _search_think(completion, lambda t: _extract_choice_in(t, labels), think_answers)
 
 
 # ---------------------------------------------------------------------------
 # scoring
 # ---------------------------------------------------------------------------
 
-_SPACING = re.compile(r"\\[,;:! ]|\\left|\\right|\\displaystyle|\s+")
+# Presentation-only markup: thin spaces (also digit-group separators, "1\,000"),
+# \displaystyle, and \left/\right before a delimiter (never \leftarrow). "\\" is
+# matched first so that the second backslash of a line break is not read as "\ ".
+_MARKUP = re.compile(r"\\\\|\\[,!]|\\(?:left|right|displaystyle)(?![A-Za-z])|\\[;: ]|\\q?quad(?![A-Za-z])")
+_WHITESPACE = re.compile(r"\s+")
 _PLAIN_NUMBER = re.compile(r"[+-]?\d+(?:\.\d*)?|[+-]?\.\d+")
 
 
@@ -305,52 +368,175 @@ def _strip_math_delims(s: str) -> str:
     return s
 
 
+def _markup(m: re.Match) -> str:
+    t = m.group()
+    if t == "\\\\":
+        return t
+    return " " if t[1] in ";: q" else ""
+
+
+def _space(m: re.Match) -> str:
+    # a space matters only between letters/digits: "1 2" is not "12", "\pi r" is not "\pir"
+    s, i, j = m.string, m.start(), m.end()
+    return " " if 0 < i and j < len(s) and s[i - 1].isalnum() and s[j].isalnum() else ""
+
+
 def normalize_answer(s: str) -> str:
     """A light, conservative string normal form used only to accept exact matches fast.
 
-    Removes math delimiters, whitespace and spacing commands, ``\\left``/``\\right``,
-    maps ``\\dfrac``/``\\tfrac`` to ``\\frac`` and drops a trailing period.
+    Removes math delimiters, spacing commands, ``\\left``/``\\right`` before a
+    delimiter and ``\\displaystyle``; keeps one space between two letters or
+    digits and drops all other whitespace; maps ``\\dfrac``/``\\tfrac`` to
+    ``\\frac``; drops a trailing period.
     """
     s = _strip_math_delims(s)
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    s = _SPACING.sub("", s)
-    s = s.rstrip(".")
-    return s
+    s = _MARKUP.sub(_markup, s)
+    s = _WHITESPACE.sub(_space, s.strip())
+    return s.rstrip(".")
 
+
+# -- units --------------------------------------------------------------------
+
+# A trailing unit in text markup, with an optional exponent: "5\text{ cm}", "864 \mbox{ inches}^2".
+_TEXT_UNIT = re.compile(r"\\(?:text|textrm|mbox|mathrm|rm)\{([A-Za-z][A-Za-z .\-/]{0,30})\}(\^\{?-?\d\}?)?$")
+# A bare unit word right after a number: "5 cm", "12 inches". A fixed list: a word
+# after a number can also be a product of variables ("2 ab").
+_WORD_UNITS = (
+    "mm cm km meters? metres? inch(?:es)? feet foot ft yards? miles? "
+    "seconds? sec minutes? min hours? hr days? weeks? months? years? "
+    "degrees? dollars? cents? grams? kg pounds? lbs? ounces? liters? litres? ml units? square units"
+)
+_WORD_UNIT = re.compile(r"(?<=\d) ?((?:square |cubic |sq )?(?:" + "|".join(_WORD_UNITS.split()) + r"))(\^\{?-?\d\}?)?$")
+# Text that is no unit: math-verify reads these itself (percent, "and" lists, constants).
+_NOT_UNITS = {"and", "or", "percent", "percentage", "pct", "e", "i", "d", "T"}
+
+
+def _singular(word: str) -> str:
+    if len(word) > 4 and word.endswith(("ches", "shes", "xes", "sses")):
+        return word[:-2]  # inches -> inch
+    if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+        return word[:-1]  # cents -> cent, hours -> hour (not "ms", "s")
+    return word
+
+
+def split_unit(s: str) -> tuple[str, str | None]:
+    """(value, unit key) of a normalized answer; the key is None without a trailing unit.
+
+    The key is the unit's words in singular with its exponent ("inch^2"), so
+    ``\\text{ inches}^2`` and ``\\mbox{inch}^{2}`` compare equal, ``cm`` and ``m`` do not.
+    Only one trailing unit is split off: "3\\text{ hours and }20\\text{ minutes}"
+    keeps its first part in the value.
+    """
+    m = _TEXT_UNIT.search(s) or _WORD_UNIT.search(s)
+    if m is None or m.start() == 0:
+        return s, None
+    words = m.group(1).strip().rstrip(".").split()
+    if not words or " ".join(words) in _NOT_UNITS or {"and", "or"} & set(words):
+        return s, None
+    exp = (m.group(2) or "").replace("{", "").replace("}", "")
+    return s[: m.start()].rstrip(), " ".join(_singular(w) for w in words) + exp
+
+
+# -- numbers ------------------------------------------------------------------
+
+# 6.73\times 10^{-5}, 6.73\cdot10^{-5}, 10^{-5}, 1.04e-3 (math_verify reads the "e" as Euler's number)
+_SCI_NUMBER = re.compile(
+    r"(?:(?P<m>[+-]?(?:\d+(?:\.\d*)?|\.\d+))\\(?:times|cdot) ?)?10\^(?:\{(?P<b>[+-]?\d{1,4})\}|(?P<c>\d))"
+    r"|(?P<e_m>[+-]?(?:\d+(?:\.\d*)?|\.\d+)) ?[eE](?P<e_x>[+-]?\d{1,4})"
+)
+
+
+def parse_number(s: str) -> Decimal | None:
+    """The exact value of a normalized plain or scientific number, else None."""
+    try:
+        if _PLAIN_NUMBER.fullmatch(s):
+            return Decimal(s)
+        m = _SCI_NUMBER.fullmatch(s)
+        if m is None:
+            return None
+        if m.group("e_m") is not None:
+            return Decimal(m.group("e_m")).scaleb(int(m.group("e_x")))
+        exp = int(m.group("b") or m.group("c"))
+        return Decimal(m.group("m") or "1").scaleb(exp)
+    except (InvalidOperation, ValueError):
+        return None
+
+
+def _gold_places(g: Decimal) -> int | None:
+    """Decimal places the gold is given to; None for an integer (compared exactly)."""
+    if g == g.to_integral_value():
+        return None
+    return max(0, -g.as_tuple().exponent)
+
+
+def numbers_equal(p: Decimal, g: Decimal) -> bool:
+    """Integer gold: exactly equal. Else equal at the gold's precision: the
+    prediction is within half a unit of the gold's last decimal place (3.1416
+    is 3.14; 12345.68 is not 12345.67; 0.0000672 is not 0.0000673)."""
+    places = _gold_places(g)
+    if places is None:
+        return p == g
+    with localcontext() as ctx:
+        ctx.prec = 200  # digits enough that rounding the difference cannot flip the comparison
+        return abs(p - g) * 2 < Decimal(1).scaleb(-places)
+
+
+# -- comparison ---------------------------------------------------------------
 
 # a number written in a base: 52_8, 4210_{5}
 _BASE_NUMBER = re.compile(r"(\d[0-9A-Za-z]*)_\{?(\d+)\}?")
-_REL_TOL = Decimal("1e-6")
+_FAST_MAX_CHARS = 60
+
+
+class _Pair(NamedTuple):
+    """A prediction and a gold, normalized, units split off, numbers parsed."""
+
+    p: str
+    g: str
+    pv: str
+    gv: str
+    pu: str | None
+    gu: str | None
+    pn: Decimal | None
+    gn: Decimal | None
+
+
+def _pair(pred: str, gold: str) -> _Pair:
+    p, g = normalize_answer(pred), normalize_answer(gold)
+    (pv, pu), (gv, gu) = split_unit(p), split_unit(g)
+    short = len(pv) <= _FAST_MAX_CHARS and len(gv) <= _FAST_MAX_CHARS
+    pn = parse_number(pv) if short else None
+    gn = parse_number(gv) if short else None
+    return _Pair(p, g, pv, gv, pu, gu, pn, gn)
+
+
+def _fast_verdict(x: _Pair) -> bool | None:
+    """True/False when string or number comparison decides, else None (ask sympy)."""
+    if x.p == x.g and x.p:
+        return True
+    if x.pu is not None and x.gu is not None and x.pu != x.gu:
+        return False  # 5 m is not 5 cm; a unit on one side only is compared by value
+    if x.pv == x.gv and x.pv:
+        return True
+    if len(x.pv) > _FAST_MAX_CHARS or len(x.gv) > _FAST_MAX_CHARS:
+        return None
+    gb = _BASE_NUMBER.fullmatch(x.gv)
+    if gb:
+        # math_verify drops the subscript: compare digits and base ourselves; the
+        # base may be left out of the prediction
+        pb = _BASE_NUMBER.fullmatch(x.pv)
+        if pb:
+            return pb.group(1).upper() == gb.group(1).upper() and int(pb.group(2)) == int(gb.group(2))
+        return x.pv.upper() == gb.group(1).upper()
+    if x.pn is not None and x.gn is not None:
+        return numbers_equal(x.pn, x.gn)
+    return None
 
 
 def _fast_compare(pred: str, gold: str) -> bool | None:
     """True/False when the answer can be decided without sympy, else None."""
-    p, g = normalize_answer(pred), normalize_answer(gold)
-    if p == g and p:
-        return True
-    if len(p) > 60 or len(g) > 60:
-        return None
-    gb = _BASE_NUMBER.fullmatch(g)
-    if gb:
-        # math_verify drops the subscript: compare digits and base ourselves; the
-        # base may be left out of the prediction
-        pb = _BASE_NUMBER.fullmatch(p)
-        if pb:
-            return pb.group(1).upper() == gb.group(1).upper() and int(pb.group(2)) == int(gb.group(2))
-        return p.upper() == gb.group(1).upper()
-    if _PLAIN_NUMBER.fullmatch(p) and _PLAIN_NUMBER.fullmatch(g):
-        try:
-            dp, dg = Decimal(p), Decimal(g)
-        except InvalidOperation:  # pragma: no cover - the regex guarantees a number
-            return None
-        if dp == dg:
-            return True
-        if dp == dp.to_integral_value() and dg == dg.to_integral_value():
-            return False
-        # decimals: equal up to a relative 1e-6 (math_verify rounds to 6 decimal
-        # places, which makes 0.0000672 equal to 0.0000673)
-        return abs(dp - dg) <= _REL_TOL * max(abs(dp), abs(dg))
-    return None
+    return _fast_verdict(_pair(pred, gold))
 
 
 _MV = None
@@ -361,44 +547,89 @@ def _math_verify():
     global _MV
     if _MV is None:
         import math_verify
+        from latex2sympy2_extended import NormalizationConfig
         from math_verify import LatexExtractionConfig
 
         # math_verify warns once that its own timeouts are off: that is on purpose here.
         logging.getLogger("math_verify").setLevel(logging.ERROR)
         # The answer is extracted already and handed over boxed: read only the box
         # (no search for loose sub-expressions, which would compare a fragment).
-        cfg = [LatexExtractionConfig(boxed_match_priority=0, try_extract_without_anchor=False)]
-        _MV = (math_verify, cfg)
+        # Its unit stripping is off: it deletes any trailing \text{...} and words
+        # such as "m", "t", "ab" (2 would equal 2ab); split_unit compares units instead.
+        norm = NormalizationConfig(
+            basic_latex=True, units=False, malformed_operators=True, nits=True, boxed="all", equations=False
+        )
+        cfg = [LatexExtractionConfig(boxed_match_priority=0, try_extract_without_anchor=False,
+                                     normalization_config=norm)]
+        reference = [LatexExtractionConfig(boxed_match_priority=0, try_extract_without_anchor=False)]
+        _MV = (math_verify, cfg, reference)
     return _MV
 
 
-def _parse_answer(s: str):
-    mv, cfg = _math_verify()
+def _parse_answer(s: str, reference: bool = False):
+    mv, cfg, ref = _math_verify()
     s = _strip_math_delims(s)
     # the text is already one extracted answer: box it so the whole of it is read as LaTeX
-    return mv.parse("\\boxed{" + s + "}", extraction_config=cfg, parsing_timeout=None)
+    return mv.parse("\\boxed{" + s + "}", extraction_config=ref if reference else cfg, parsing_timeout=None)
+
+
+# decimal places math_verify rounds floats to when the gold is not a number
+_MV_ROUNDING = 6
+# for an integer gold: enough places to tell any float prediction from it
+_EXACT_ROUNDING = 12
+
+
+def _sympy_verdict(x: _Pair) -> bool:
+    """math_verify on the values (units split off), floats rounded at the gold's precision."""
+    if x.pu is not None and x.gu is not None and x.pu != x.gu:
+        return False
+    mv, _, _ = _math_verify()
+    # a number is handed over as a plain decimal: math_verify reads 1.04e-3 as 1.04*E - 3
+    g = _parse_answer(format(x.gn, "f") if x.gn is not None else x.gv)
+    p = _parse_answer(format(x.pn, "f") if x.pn is not None else x.pv)
+    if not g or not p:
+        return False
+    if x.gn is None:
+        rounding = _MV_ROUNDING
+    else:
+        places = _gold_places(x.gn)
+        rounding = _EXACT_ROUNDING if places is None else places
+    return bool(mv.verify(g, p, float_rounding=rounding, timeout_seconds=None))
 
 
 def verify_math_answers(pred: str, gold: str) -> bool:
-    """Equivalence of two extracted answers by math_verify (sympy). No timeout of its own."""
-    fast = _fast_compare(pred, gold)
+    """Equivalence of two extracted answers: the fast path, else math_verify. No timeout of its own."""
+    x = _pair(pred, gold)
+    fast = _fast_verdict(x)
     if fast is not None:
         return fast
-    return sympy_equal(pred, gold)
+    return _sympy_verdict(x)
 
 
 def sympy_equal(pred: str, gold: str) -> bool:
-    """math_verify's verdict alone (no string/number shortcut). No timeout of its own."""
-    mv, _ = _math_verify()
-    g = _parse_answer(gold)
-    p = _parse_answer(pred)
-    if not g or not p:
-        return False
-    return bool(mv.verify(g, p, timeout_seconds=None))
+    """The slow path alone (units compared, then math_verify; no string/number shortcut).
+
+    No timeout of its own.
+    """
+    return _sympy_verdict(_pair(pred, gold))
+
+
+def math_verify_equal(pred: str, gold: str) -> bool:
+    """Plain math_verify: its own unit stripping and 6-place rounding, no rule of ours.
+
+    The reference that the fast path is checked against in the tests. No timeout.
+    """
+    mv, _, _ = _math_verify()
+    g, p = _parse_answer(gold, reference=True), _parse_answer(pred, reference=True)
+    return bool(g and p and mv.verify(g, p, timeout_seconds=None))
 
 
 def _no_answer(how: str = "none") -> Score:
     return Score(reward=0.0, extracted=None, format_ok=False, correct=False, info={"how": how})
+
+
+def _info(how: str) -> dict:
+    return {"how": how, "from_think": True} if how.startswith("think:") else {"how": how}
 
 
 def _verdict(extracted: str, correct: bool, info: dict) -> Score:
@@ -407,17 +638,17 @@ def _verdict(extracted: str, correct: bool, info: dict) -> Score:
     )
 
 
-def score_math(completion: str, gold: str) -> Score:
+def score_math(completion: str, gold: str, *, think_answers: bool = False) -> Score:
     """Score a math completion against a gold answer (LaTeX or plain).
 
     reward 1 iff an answer is extracted (see :func:`extract_math_answer`) and
-    math_verify finds it equivalent to ``gold``. No timeout: use
+    it is equivalent to ``gold`` (:func:`verify_math_answers`). No timeout: use
     :class:`Verifier` on untrusted completions.
     """
-    extracted, how = extract_math_answer(completion)
+    extracted, how = extract_math_answer(completion, think_answers)
     if extracted is None:
         return _no_answer(how)
-    info = {"how": how}
+    info = _info(how)
     if len(extracted) > MAX_ANSWER_CHARS:
         return _verdict(extracted[:200], False, {**info, "too_long": True})
     try:
@@ -427,14 +658,14 @@ def score_math(completion: str, gold: str) -> Score:
     return _verdict(extracted, ok, info)
 
 
-def score_choice(completion: str, gold: str) -> Score:
+def score_choice(completion: str, gold: str, *, think_answers: bool = False) -> Score:
     """Score a multiple-choice completion against a gold label (``A``-``J`` or ``1``-``9``)."""
     g = gold.strip().strip("()").strip().upper()
     labels = _labels_for(g)
-    extracted, how = extract_choice(completion, labels)
+    extracted, how = extract_choice(completion, labels, think_answers)
     if extracted is None:
         return _no_answer(how)
-    return _verdict(extracted, extracted == g, {"how": how})
+    return _verdict(extracted, extracted == g, _info(how))
 
 
 _CHOICE_GOLD = re.compile(r"\(?[A-J]\)?")
@@ -607,7 +838,8 @@ class Verifier:
     interrupt themselves after ``soft_timeout_frac * timeout_s`` (0 disables
     this) where Python code can be interrupted, which keeps them alive in the
     common slow-sympy case; ``memory_limit_mb`` caps each worker's address
-    space (None: no cap).
+    space (None: no cap). ``think_answers``: credit an answer found only inside
+    ``<think>`` (off by default, see :func:`extract_math_answer`).
 
     ``score_batch`` never raises for bad completions, hangs or crashes (only
     for a caller error such as lists of different lengths).
@@ -623,6 +855,7 @@ class Verifier:
         soft_timeout_frac: float = 0.8,
         fast_path: bool = True,
         startup_timeout_s: float = 120.0,
+        think_answers: bool = False,
     ):
         if kind not in ("math", "choice", "auto"):
             raise ValueError(f"kind must be 'math', 'choice' or 'auto', not {kind!r}")
@@ -637,6 +870,7 @@ class Verifier:
         self.soft_timeout_frac = float(soft_timeout_frac)
         self.fast_path = bool(fast_path)
         self.startup_timeout_s = float(startup_timeout_s)
+        self.think_answers = bool(think_answers)
         self._env: dict | None = None
         self._workers: list[_Worker] = []
         self._closed = False
@@ -729,20 +963,20 @@ class Verifier:
                 g = "" if g is None else str(g)
                 k = self._kind_for(g, kinds[i] if kinds is not None else None)
                 if k == "choice":
-                    results[i] = score_choice(c, g)
+                    results[i] = score_choice(c, g, think_answers=self.think_answers)
                     self.n_in_process += 1
                     continue
-                extracted, how = extract_math_answer(c)
+                extracted, how = extract_math_answer(c, self.think_answers)
                 if extracted is None:
                     results[i] = _no_answer(how)
                     self.n_in_process += 1
                 elif len(extracted) > MAX_ANSWER_CHARS:
-                    results[i] = _verdict(extracted[:200], False, {"how": how, "too_long": True})
+                    results[i] = _verdict(extracted[:200], False, {**_info(how), "too_long": True})
                     self.n_in_process += 1
                 else:
                     fast = _fast_compare(extracted, g) if self.fast_path else None
                     if fast is not None:
-                        results[i] = _verdict(extracted, fast, {"how": how})
+                        results[i] = _verdict(extracted, fast, _info(how))
                         self.n_in_process += 1
                     else:
                         jobs.append((i, extracted, g, how))
@@ -759,7 +993,7 @@ class Verifier:
                     i, extracted, _, how = j
                     if results[i] is None:
                         self.n_errors += 1
-                        results[i] = _verdict(extracted, False, {"how": how, "error": f"pool failure: {e!r}"[:300]})
+                        results[i] = _verdict(extracted, False, {**_info(how), "error": f"pool failure: {e!r}"[:300]})
                 for w in self._workers:
                     w.kill()
                 self._workers = []
@@ -771,7 +1005,7 @@ class Verifier:
 
     def _fail(self, job, results, info: dict) -> None:
         i, extracted, _, how = job
-        results[i] = _verdict(extracted, False, {"how": how, **info})
+        results[i] = _verdict(extracted, False, {**_info(how), **info})
 
     def _run(self, jobs: deque, results: list) -> None:
         if self._closed:
@@ -831,7 +1065,7 @@ class Verifier:
                 _, status, value = msg
                 i, extracted, _, how = job
                 if status == "ok":
-                    results[i] = _verdict(extracted, bool(value), {"how": how})
+                    results[i] = _verdict(extracted, bool(value), _info(how))
                 elif status == "timeout":
                     self.n_timeouts += 1
                     self._fail(job, results, {"timeout": True})

@@ -16,10 +16,16 @@ prompt is not included, the end-of-sequence token is stripped).
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 SPLITS = ("train", "test_id", "test_ood")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -42,9 +48,57 @@ class Task(Protocol):
     def verify(self, completion: str, answer: str) -> Score: ...
 
 
+def _finite(x) -> float | None:
+    # numbers.Real covers bool, int, float and numpy scalars; not None, str or tensors
+    if isinstance(x, numbers.Real):
+        x = float(x)
+        return x if math.isfinite(x) else None
+    return None
+
+
+def _as_score(value) -> Score:
+    """A task's verdict as a Score with a finite float reward; anything else is an error scoring 0.
+
+    A plain number is taken as the reward (some plugins return just that).
+    """
+    reward = _finite(value.reward if isinstance(value, Score) else value)
+    if reward is None:
+        got = f"the reward {value.reward!r:.100}" if isinstance(value, Score) else f"{value!r:.100}"
+        return _error_score(f"verify returned {got}, not a finite number")
+    if not isinstance(value, Score):
+        return Score(reward, None, True, reward > 0)
+    return value if type(value.reward) is float else dataclasses.replace(value, reward=reward)
+
+
+def _error_score(message: str) -> Score:
+    # "error" is what the training loop counts as verify_errors
+    return Score(0.0, None, False, False, {"error": message[:300]})
+
+
+def _verify_one(task: Task, completion: str, answer: str) -> Score:
+    try:
+        return _as_score(task.verify(completion, answer))
+    except Exception as e:  # a plugin's bug must cost one sample, not the run
+        return _error_score(f"verify raised {e!r}")
+
+
 def verify_all(task: Task, completions: list[str], answers: list[str]) -> list[Score]:
-    """Score many completions: in one batch when the task has ``verify_batch`` (e.g. a process pool)."""
+    """Score many completions: in one batch when the task has ``verify_batch`` (e.g. a process pool).
+
+    Never raises for a task's fault: a sample whose verification raises or gives
+    no finite reward scores 0 with ``info["error"]``, and the others are scored.
+    A ``verify_batch`` that raises or returns the wrong number of scores is
+    replaced by ``verify`` sample by sample.
+    """
     batch = getattr(task, "verify_batch", None)
     if callable(batch):
-        return batch(completions, answers)
-    return [task.verify(c, a) for c, a in zip(completions, answers)]
+        try:
+            scores = list(batch(completions, answers))
+        except Exception as e:
+            log.warning("verify_all: %s.verify_batch raised %r; verifying one sample at a time", type(task).__name__, e)
+        else:
+            if len(scores) == len(completions):
+                return [_as_score(s) for s in scores]
+            log.warning("verify_all: %s.verify_batch returned %d scores for %d samples; verifying one at a time",
+                        type(task).__name__, len(scores), len(completions))
+    return [_verify_one(task, c, a) for c, a in zip(completions, answers)]

@@ -15,6 +15,7 @@ from srft.rewards import (
     extract_choice,
     extract_math_answer,
     last_boxed,
+    normalize_answer,
     score_choice,
     score_math,
 )
@@ -151,6 +152,9 @@ ACCEPTED = [
     (r"\tfrac12", r"\frac{1}{2}", "\\tfrac is \\frac"),
     ("1/2", r"\frac{1}{2}", "same value"),
     (r"\frac {1} {2}", r"\frac{1}{2}", "spaces between groups mean nothing"),
+    ("2it", "2 i t", "math mode does not render spaces between letters"),
+    (r"\frac{e^{2it}}{(2+2i)}", r"\frac{e^{2 i t}}{(2+2 i)}", "same (a Minerva gold)"),
+    (r"\sqrt 2", r"\sqrt2", "nor after a control word before a digit"),
     ("x=3", "3", "an assignment to a variable gives its value"),
     ("x = 3", "3", "same"),
     ("x=5", "5", "same"),
@@ -229,10 +233,30 @@ REJECTED = [
 # each with why accepting is right. The fast path may accept nothing else it rejects.
 MATH_VERIFY_REJECTS = {
     (r"1\,000", "1000"): "math_verify reads 1\\,000 as the product 1*000",
+    ("2it", "2 i t"): "both parse to 2*i*t, yet math_verify's comparison fails on them",
+    (r"\frac{e^{2it}}{(2+2i)}", r"\frac{e^{2 i t}}{(2+2 i)}"): "same",
     ("0.00104", "1.04e-3"): "math_verify reads 1.04e-3 as 1.04*E - 3 (Euler's number)",
     ("3.1416", "3.14"): "math_verify compares at 6 places, finer than the gold",
     (r"\pi", "3.14"): "same",
 }
+
+
+@pytest.mark.parametrize(
+    "text,key",
+    [
+        ("1 2", "1 2"),  # two numbers, not 12
+        (r"\pi r", r"\pi r"),  # "\pir" would be another command
+        ("2 i t", "2it"),  # math mode does not render these spaces
+        (r"6.73 \times 10^{-5}", r"6.73\times10^{-5}"),  # a control word ends before a digit
+        (r"A \rightarrow B", r"A\rightarrow B"),  # \right inside a longer command stays
+        (r"\left( x \right)", "(x)"),  # \left( is a sized "("
+        (r"1\,000", "1000"),  # thin space: a digit-group separator
+        (r"$\dfrac{1}{2}$", r"\frac{1}{2}"),  # delimiters, \dfrac
+        ("x = 5.", "x=5"),  # a sentence's final period
+    ],
+)
+def test_normalize_answer(text, key):
+    assert normalize_answer(text) == key
 
 
 def _ids(rows):

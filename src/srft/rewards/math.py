@@ -23,7 +23,8 @@ never closed. An answer that appears only inside the reasoning is not credited
 How two math answers are compared (:func:`verify_math_answers`):
 
 * strings: equal after removing presentation-only markup (:func:`normalize_answer`;
-  whitespace is kept between two letters or digits: "1 2" is not "12");
+  a space is kept only between two digits, "1 2" is not "12", and after a
+  control word before a letter, "\\pi r" is not "\\pir");
 * units: one trailing unit (``\\text{ cm}``, ``\\mbox{ inches}^2``, or a common
   unit word after a number, "5 cm") is split off both sides. Different units
   (singular/plural aside) score 0; a unit on one side only is ignored ("5" for
@@ -376,30 +377,59 @@ def _markup(m: re.Match) -> str:
 
 
 def _space(m: re.Match) -> str:
-    # a space matters only between letters/digits: "1 2" is not "12", "\pi r" is not "\pir"
+    """Drop whitespace that math mode does not render ("2 i t" is "2it").
+
+    Kept (as one space) only where deleting it changes the meaning: between two
+    digits ("1 2" is not "12") and after a control word before a letter
+    ("\\pi r" is not "\\pir").
+    """
     s, i, j = m.string, m.start(), m.end()
-    return " " if 0 < i and j < len(s) and s[i - 1].isalnum() and s[j].isalnum() else ""
+    if i == 0 or j == len(s):
+        return ""
+    before, after = s[i - 1], s[j]
+    if before.isdigit() and after.isdigit():
+        return " "
+    if before.isalpha() and after.isalpha():
+        k = i - 1
+        while k >= 0 and s[k].isalpha():
+            k -= 1
+        if k >= 0 and s[k] == "\\":
+            return " "
+    return ""
+
+
+def _light(s: str) -> str:
+    """Delimiters, ``\\dfrac`` and presentation-only markup removed, whitespace collapsed.
+
+    This is what sympy reads: no space is dropped that could carry meaning.
+    """
+    s = _strip_math_delims(s)
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    s = _MARKUP.sub(_markup, s)
+    return _WHITESPACE.sub(" ", s).strip().rstrip(".").rstrip()
+
+
+def _key(light: str) -> str:
+    return _WHITESPACE.sub(_space, light)
 
 
 def normalize_answer(s: str) -> str:
     """A light, conservative string normal form used only to accept exact matches fast.
 
     Removes math delimiters, spacing commands, ``\\left``/``\\right`` before a
-    delimiter and ``\\displaystyle``; keeps one space between two letters or
-    digits and drops all other whitespace; maps ``\\dfrac``/``\\tfrac`` to
-    ``\\frac``; drops a trailing period.
+    delimiter and ``\\displaystyle``; drops whitespace except between two
+    digits and after a control word before a letter; maps ``\\dfrac``/``\\tfrac``
+    to ``\\frac``; drops a trailing period.
     """
-    s = _strip_math_delims(s)
-    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    s = _MARKUP.sub(_markup, s)
-    s = _WHITESPACE.sub(_space, s.strip())
-    return s.rstrip(".")
+    return _key(_light(s))
 
 
 # -- units --------------------------------------------------------------------
 
 # A trailing unit in text markup, with an optional exponent: "5\text{ cm}", "864 \mbox{ inches}^2".
-_TEXT_UNIT = re.compile(r"\\(?:text|textrm|mbox|mathrm|rm)\{([A-Za-z][A-Za-z .\-/]{0,30})\}(\^\{?-?\d\}?)?$")
+_TEXT_UNIT = re.compile(
+    r"\\(?:text|textrm|mbox|mathrm|rm) ?\{ ?([A-Za-z][A-Za-z .\-/]{0,30})\} ?(\^ ?\{? ?-?\d ?\}?)?$"
+)
 # A bare unit word right after a number: "5 cm", "12 inches". A fixed list: a word
 # after a number can also be a product of variables ("2 ab").
 _WORD_UNITS = (
@@ -407,7 +437,9 @@ _WORD_UNITS = (
     "seconds? sec minutes? min hours? hr days? weeks? months? years? "
     "degrees? dollars? cents? grams? kg pounds? lbs? ounces? liters? litres? ml units? square units"
 )
-_WORD_UNIT = re.compile(r"(?<=\d) ?((?:square |cubic |sq )?(?:" + "|".join(_WORD_UNITS.split()) + r"))(\^\{?-?\d\}?)?$")
+_WORD_UNIT = re.compile(
+    r"(?<=\d) ?((?:square |cubic |sq )?(?:" + "|".join(_WORD_UNITS.split()) + r"))(?: ?(\^ ?\{? ?-?\d ?\}?))?$"
+)
 # Text that is no unit: math-verify reads these itself (percent, "and" lists, constants).
 _NOT_UNITS = {"and", "or", "percent", "percentage", "pct", "e", "i", "d", "T"}
 
@@ -421,7 +453,7 @@ def _singular(word: str) -> str:
 
 
 def split_unit(s: str) -> tuple[str, str | None]:
-    """(value, unit key) of a normalized answer; the key is None without a trailing unit.
+    """(value, unit key) of an answer (delimiters removed); the key is None without a trailing unit.
 
     The key is the unit's words in singular with its exponent ("inch^2"), so
     ``\\text{ inches}^2`` and ``\\mbox{inch}^{2}`` compare equal, ``cm`` and ``m`` do not.
@@ -434,7 +466,7 @@ def split_unit(s: str) -> tuple[str, str | None]:
     words = m.group(1).strip().rstrip(".").split()
     if not words or " ".join(words) in _NOT_UNITS or {"and", "or"} & set(words):
         return s, None
-    exp = (m.group(2) or "").replace("{", "").replace("}", "")
+    exp = re.sub(r"[{} ]", "", m.group(2) or "")
     return s[: m.start()].rstrip(), " ".join(_singular(w) for w in words) + exp
 
 
@@ -490,12 +522,15 @@ _FAST_MAX_CHARS = 60
 
 
 class _Pair(NamedTuple):
-    """A prediction and a gold, normalized, units split off, numbers parsed."""
+    """A prediction and a gold: keys of the whole answers, values (units split off)
+    as sympy reads them and as keys, unit keys, numbers."""
 
     p: str
     g: str
     pv: str
     gv: str
+    pk: str
+    gk: str
     pu: str | None
     gu: str | None
     pn: Decimal | None
@@ -503,12 +538,13 @@ class _Pair(NamedTuple):
 
 
 def _pair(pred: str, gold: str) -> _Pair:
-    p, g = normalize_answer(pred), normalize_answer(gold)
+    p, g = _light(pred), _light(gold)
     (pv, pu), (gv, gu) = split_unit(p), split_unit(g)
-    short = len(pv) <= _FAST_MAX_CHARS and len(gv) <= _FAST_MAX_CHARS
-    pn = parse_number(pv) if short else None
-    gn = parse_number(gv) if short else None
-    return _Pair(p, g, pv, gv, pu, gu, pn, gn)
+    pk, gk = _key(pv), _key(gv)
+    short = len(pk) <= _FAST_MAX_CHARS and len(gk) <= _FAST_MAX_CHARS
+    pn = parse_number(pk) if short else None
+    gn = parse_number(gk) if short else None
+    return _Pair(_key(p), _key(g), pv, gv, pk, gk, pu, gu, pn, gn)
 
 
 def _fast_verdict(x: _Pair) -> bool | None:
@@ -517,18 +553,18 @@ def _fast_verdict(x: _Pair) -> bool | None:
         return True
     if x.pu is not None and x.gu is not None and x.pu != x.gu:
         return False  # 5 m is not 5 cm; a unit on one side only is compared by value
-    if x.pv == x.gv and x.pv:
+    if x.pk == x.gk and x.pk:
         return True
-    if len(x.pv) > _FAST_MAX_CHARS or len(x.gv) > _FAST_MAX_CHARS:
+    if len(x.pk) > _FAST_MAX_CHARS or len(x.gk) > _FAST_MAX_CHARS:
         return None
-    gb = _BASE_NUMBER.fullmatch(x.gv)
+    gb = _BASE_NUMBER.fullmatch(x.gk)
     if gb:
         # math_verify drops the subscript: compare digits and base ourselves; the
         # base may be left out of the prediction
-        pb = _BASE_NUMBER.fullmatch(x.pv)
+        pb = _BASE_NUMBER.fullmatch(x.pk)
         if pb:
             return pb.group(1).upper() == gb.group(1).upper() and int(pb.group(2)) == int(gb.group(2))
-        return x.pv.upper() == gb.group(1).upper()
+        return x.pk.upper() == gb.group(1).upper()
     if x.pn is not None and x.gn is not None:
         return numbers_equal(x.pn, x.gn)
     return None

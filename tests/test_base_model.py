@@ -139,7 +139,58 @@ def test_ensure_base_model_caches(tmp_path, monkeypatch):
     assert p3 != p1 and len(calls) == 2  # a different recipe is a different cache entry
 
 
+# --------------------------------------------------------------------------- shipped weights
+@pytest.mark.parametrize("steps", bm.SHIPPED_STEPS)
+def test_shipped_build_matches_its_recipe_and_record(steps):
+    # The shipped directory is named by the recipe's hash: a recipe change (or a BUILD_FORMAT
+    # bump) leaves it unused until it is rebuilt with `python -m srft.models.base_model ship`.
+    path = bm.shipped_base_model(bm.base_model_dirname("addition", 0, BaseModelConfig(steps=steps)))
+    assert path is not None, f"no shipped build for {steps} steps"
+    info = json.loads((path / "srft_base.json").read_text())
+    assert (info["task"], info["seed"], info["config"]["steps"], info["format"]) == ("addition", 0, steps, bm.BUILD_FORMAT)
+    assert info["weights_sha256"] == bm.weights_digest(path)  # the weights are the ones measured
+    assert info["config"] == {**vars(BaseModelConfig(steps=steps)), "corpus": info["config"]["corpus"]}
+
+
+def test_empty_cache_gets_the_shipped_weights_without_building(tmp_path, monkeypatch):
+    def no_build(*a, **kw):
+        raise AssertionError("built although the package ships this recipe")
+
+    monkeypatch.setattr(bm, "build_base_model", no_build)
+    path = ensure_base_model(tmp_path / "cache", "addition", seed=0, progress=False)
+    assert path.parent == tmp_path / "cache"
+    shipped = bm.shipped_base_model(path.name)
+    assert bm.weights_digest(path) == bm.weights_digest(shipped)
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temp copy left
+    model = AutoModelForCausalLM.from_pretrained(path)
+    assert sum(p.numel() for p in model.parameters()) == json.loads((path / "srft_base.json").read_text())["n_params"]
+
+
+def test_rebuild_builds_even_when_shipped(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(bm, "build_base_model", lambda path, *a, **kw: calls.append(path) or path)
+    path = ensure_base_model(tmp_path, "addition", seed=0, progress=False, rebuild=True)
+    assert calls == [path]
+    # a seed that does not ship is built too
+    ensure_base_model(tmp_path, "addition", seed=5, progress=False)
+    assert len(calls) == 2 and "seed5" in calls[1].name
+
+
 @pytest.mark.slow
-def test_default_recipe_gives_partial_competence(built_base_model):
-    acc = json.loads((built_base_model / "srft_base.json").read_text())["accuracy"]["test_id_avg@8"]
-    assert 0.05 <= acc <= 0.5
+def test_shipped_model_measures_as_recorded(built_base_model):
+    # The session fixture installs the shipped weights; sampling on another CPU may differ in
+    # the last bits, so allow a few samples' worth of difference (64 prompts x 8 samples).
+    info = json.loads((built_base_model / "srft_base.json").read_text())
+    model, tok = bm.load_base_model(built_base_model)
+    torch.set_num_threads(2)
+    acc = measure_accuracy(model, tok, get_task("addition"), "test_id", 64, 8, 1.0, seed=0)
+    assert abs(acc - info["accuracy"]["test_id_avg@8"]) < 0.05, (acc, info["accuracy"])
+
+
+@pytest.mark.slow
+def test_default_recipe_gives_partial_competence(tmp_path):
+    # Built from scratch (not the shipped weights): the recipe itself lands in the band seen
+    # on machines of this kind (test_id avg@8 0.23-0.36), not at 0 or near 1.
+    path = ensure_base_model(tmp_path, "addition", seed=0, progress=False, rebuild=True)
+    acc = json.loads((path / "srft_base.json").read_text())["accuracy"]["test_id_avg@8"]
+    assert 0.1 <= acc <= 0.5

@@ -20,6 +20,19 @@ def test_presets_load():
     assert grpo.objective.sft_coef == 0 and grpo.run.method == "grpo"
 
 
+def test_every_preset_validates():
+    """Every preset is within the keys' ranges (the compare suites: tests/test_compare.py)."""
+    load_config(None)
+    for name in list_presets():
+        assert load_config(name).run.method == name
+
+
+def test_keys_list_their_ranges(capsys):
+    assert main(["config", "--keys"]) == 0
+    out = capsys.readouterr().out
+    assert "optim.lr: float = 0.0003" in out and "Range: (0, inf)." in out and "Range: [0, inf]." in out
+
+
 def test_overrides_are_typed():
     cfg = load_config("srft", None, ["run.steps=7", "objective.sft_coef=0.25", "model.path=null",
                                      "objective.adv_norm=mean", "optim.lr=1e-3", "optim.betas=[0.8, 0.9]"])

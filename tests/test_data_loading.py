@@ -129,6 +129,25 @@ def test_no_usable_rows(tmp_path):
         load_rows(tmp_path / "missing.parquet")
 
 
+def test_utf8_bom_and_json_columns(tmp_path):
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + json.dumps({"prompt": "q", "answer": "1"}).encode() + b"\n")
+    assert load_rows(tmp_path / "bom.jsonl")[0]["answer"] == "1"
+    (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + json.dumps([{"prompt": "q", "answer": "1"}]).encode())
+    assert load_rows(tmp_path / "bom.json")[0]["answer"] == "1"
+    (tmp_path / "cols.json").write_text('{\n"prompt": ["a", "b"],\n"answer": ["1"]\n}')
+    with pytest.raises(DataError, match="columns have different lengths"):
+        load_rows(tmp_path / "cols.json")
+    (tmp_path / "cols.json").write_text('{\n"prompt": ["a", "b"],\n"answer": ["1", "2"]\n}')
+    assert [r["answer"] for r in load_rows(tmp_path / "cols.json")] == ["1", "2"]
+
+
+def test_label_names_where_the_path_came_from(tmp_path):
+    (tmp_path / "x.jsonl").write_text('{"prompt": "q"}\n')
+    with pytest.raises(DataError) as e:
+        load_rows(tmp_path / "x.jsonl", label="data.train_file")
+    assert str(e.value).startswith(f"data.train_file {tmp_path / 'x.jsonl'}: none of the 1 rows is usable")
+
+
 def _sized_rows():
     rows = []
     for i in range(10):

@@ -138,10 +138,25 @@ def cmd_evaluate(args) -> int:
 def cmd_benchmark(args) -> int:
     import dataclasses
 
+    from srft.config import ConfigError, check_range
     from srft.data.loading import load_rows
     from srft.evaluation.benchmarks import PROTOCOLS, dedupe, format_table, limit_per_benchmark, run_benchmarks
     from srft.rewards import Verifier
 
+    # the options' ranges, checked before any file or model is read
+    for option, value, allowed in (
+        ("--limit", args.limit, "[0, inf)"),
+        ("--max-new-tokens", args.max_new_tokens, "[0, inf)"),
+        ("--temperature", args.temperature, "[0, inf)"),
+        ("--batch", args.batch, "(0, inf)"),
+        ("--verifier-workers", args.verifier_workers, "(0, inf)"),
+        ("--verifier-timeout", args.verifier_timeout, "(0, inf)"),
+    ):
+        if value is not None:
+            try:
+                check_range(option, value, allowed)
+            except ConfigError as e:
+                raise ConfigError(f"benchmark {e}") from e
     protocol = dataclasses.replace(PROTOCOLS[args.protocol])
     if args.max_new_tokens:
         protocol.max_new_tokens = args.max_new_tokens
@@ -149,7 +164,7 @@ def cmd_benchmark(args) -> int:
         protocol.temperature = args.temperature
     rows = []
     for f in args.files:
-        rows.extend(load_rows(f))
+        rows.extend(load_rows(f, label="--files"))
     rows = limit_per_benchmark(dedupe(rows), args.limit)
     engine, tok, path = _engine_for(args, dtype=args.dtype, max_batch=args.batch)
     with Verifier(kind="auto", workers=args.verifier_workers, timeout_s=args.verifier_timeout) as verifier:
@@ -158,6 +173,7 @@ def cmd_benchmark(args) -> int:
     summary.update(model=str(path), protocol=dataclasses.asdict(protocol), files=args.files)
     print(format_table(summary))
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"summary": summary, "records": records}, indent=1))
         print(f"wrote {args.out}")
     return 0
@@ -288,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ModelError, TaskError, DataError, FileNotFoundError) as e:
+    except (ConfigError, ModelError, TaskError, DataError, FileNotFoundError, FileExistsError, NotADirectoryError,
+            IsADirectoryError, PermissionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

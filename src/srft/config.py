@@ -30,11 +30,54 @@ class ConfigError(ValueError):
     """A configuration key or value is wrong; the message says which and how to fix it."""
 
 
-def _f(default: Any, help: str, **kw: Any) -> Any:
-    """A dataclass field with a help text (kept in the field's metadata)."""
+# numpy's seeding (np.random.seed) takes 0 <= seed < 2**32
+SEED_RANGE = "[0, 4294967295]"
+
+
+def _f(default: Any, help: str, range: str | None = None, **kw: Any) -> Any:
+    """A dataclass field with a help text and, for numbers, its allowed range (both in the metadata).
+
+    ``range`` is an interval: ``(0, inf)`` (> 0), ``[0, inf)`` (>= 0), ``[0, 1]``, ``(0, 1]``;
+    ``inf]`` means infinity itself is allowed (``[0, inf]``). NaN is never allowed.
+    """
+    meta = {"help": help}
+    if range is not None:
+        _parse_range(range)  # a malformed range fails at import, not when a user hits it
+        meta["range"] = range
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
-    return field(default=default, metadata={"help": help}, **kw)
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+def _parse_range(text: str) -> tuple[float, float, bool, bool]:
+    """``'(0, inf]'`` -> (low, high, low included, high included)."""
+    if text[:1] not in ("(", "[") or text[-1:] not in (")", "]") or text.count(",") != 1:
+        raise ValueError(f"malformed range {text!r}")
+    lo, hi = (x.strip() for x in text[1:-1].split(","))
+    return float(lo), float(hi), text[0] == "[", text[-1] == "]"
+
+
+def _range_words(text: str, is_int: bool) -> str:
+    """The allowed range in words: '> 0', '>= 0 (inf allowed)', 'in [0, 1]', ..."""
+    lo, hi, lo_in, hi_in = _parse_range(text)
+    finite = "" if is_int else " and finite"
+    if hi == float("inf") and lo == float("-inf"):
+        return "a finite number" if not hi_in else "a number"
+    if hi == float("inf"):
+        bound = f"{'>=' if lo_in else '>'} {lo:g}"
+        return f"{bound} (inf allowed)" if hi_in else bound + finite
+    return f"in {text}"
+
+
+def check_range(key: str, value: Any, range: str) -> None:
+    """Raise ConfigError naming ``key``, the value and the allowed range when ``value`` is outside it."""
+    lo, hi, lo_in, hi_in = _parse_range(range)
+    is_int = isinstance(value, int)
+    ok = (value == value  # NaN is never in range
+          and (value >= lo if lo_in else value > lo)
+          and (value <= hi if hi_in else value < hi))
+    if not ok:
+        raise ConfigError(f"{key} must be {_range_words(range, is_int)}, got {value!r}")
 
 
 @dataclass
@@ -44,12 +87,12 @@ class ModelConfig:
     device: str = _f("auto", "'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass to save memory.")
     base_cache_dir: str = _f("~/.cache/srft", "Where the built-in base model is built and cached.")
-    base_seed: int = _f(0, "Seed of the built-in base model's pre-training.")
-    threads: int = _f(0, "torch CPU threads; 0 = leave torch's default.")
+    base_seed: int = _f(0, "Seed of the built-in base model's pre-training.", range=SEED_RANGE)
+    threads: int = _f(0, "torch CPU threads; 0 = leave torch's default.", range='[0, inf)')
     base_steps: int = _f(1000, "Pre-training steps of the built-in base model: fewer give a weaker base (each "
-                               "recipe is cached separately).")
-    lora_rank: int = _f(0, "LoRA rank (needs the 'lora' extra: pip install peft); 0 = train all weights.")
-    lora_alpha: int = _f(32, "LoRA alpha.")
+                               "recipe is cached separately).", range='(0, inf)')
+    lora_rank: int = _f(0, "LoRA rank (needs the 'lora' extra: pip install peft); 0 = train all weights.", range='[0, inf)')
+    lora_alpha: int = _f(32, "LoRA alpha.", range='(0, inf)')
     lora_targets: list = _f(["q_proj", "k_proj", "v_proj", "o_proj"], "Module names that get LoRA adapters.")
 
 
@@ -60,73 +103,73 @@ class DataConfig:
     test_id_file: Optional[str] = _f(None, "With task=file: in-distribution evaluation data (optional).")
     test_ood_file: Optional[str] = _f(None, "With task=file: out-of-distribution evaluation data (optional).")
     reward: Literal["auto", "math", "choice"] = _f("auto", "With task=file: the verifier; auto = choice for one-letter answers, else math.")
-    verifier_workers: int = _f(2, "With task=file: verifier processes.")
-    verifier_timeout: float = _f(5.0, "With task=file: seconds per verification before it scores 0.")
+    verifier_workers: int = _f(2, "With task=file: verifier processes.", range='(0, inf)')
+    verifier_timeout: float = _f(5.0, "With task=file: seconds per verification before it scores 0.", range='(0, inf)')
     template: Literal["auto", "plain", "chat", "reasoning"] = _f(
         "auto", "Prompt template: auto (strings as is, messages via the chat template), plain, chat, or reasoning "
         "(the <think>/\\boxed{} system prompt first).")
-    train_size: int = _f(4000, "Training prompts: generated (built-in/plugin tasks); for files, a random subset of this many (0 = all).")
-    test_size: int = _f(128, "Prompts in each test split for evaluation (for files: a random subset, 0 = all).")
-    seed: int = _f(1234, "Seed of the task's instance generator.")
-    max_prompt_tokens: int = _f(64, "Prompts longer than this are dropped (counted in the data summary).")
-    max_response_tokens: int = _f(96, "Maximum response length: rollouts stop here; demonstrations over it are handled by 'too_long'.")
+    train_size: int = _f(4000, "Training prompts: generated (built-in/plugin tasks); for files, a random subset of this many (0 = all).", range='[0, inf)')
+    test_size: int = _f(128, "Prompts in each test split for evaluation (for files: a random subset, 0 = all).", range='[0, inf)')
+    seed: int = _f(1234, "Seed of the task's instance generator.", range=SEED_RANGE)
+    max_prompt_tokens: int = _f(64, "Prompts longer than this are dropped (counted in the data summary).", range='(0, inf)')
+    max_response_tokens: int = _f(96, "Maximum response length: rollouts stop here; demonstrations over it are handled by 'too_long'.", range='(0, inf)')
     too_long: Literal["drop", "truncate"] = _f("drop", "What to do with a demonstration longer than max_response_tokens.")
 
 
 @dataclass
 class RolloutConfig:
     engine: Literal["hf"] = _f("hf", "Generation engine.")
-    prompts_per_step: int = _f(16, "Prompts sampled per optimiser step.")
-    n: int = _f(8, "On-policy rollouts per prompt (G).")
-    temperature: float = _f(1.0, "Sampling temperature of the rollouts.")
-    top_p: float = _f(1.0, "Nucleus sampling threshold of the rollouts.")
+    prompts_per_step: int = _f(16, "Prompts sampled per optimiser step.", range='(0, inf)')
+    n: int = _f(8, "On-policy rollouts per prompt (G).", range='(0, inf)')
+    temperature: float = _f(1.0, "Sampling temperature of the rollouts.", range='(0, inf)')
+    top_p: float = _f(1.0, "Nucleus sampling threshold of the rollouts.", range='(0, 1]')
 
 
 @dataclass
 class ObjectiveConfig:
     demonstrations: bool = _f(True, "Add each prompt's demonstration to its rollout group (off for GRPO).")
     adv_norm: Literal["std", "mean"] = _f("std", "Group advantage: (r-mean)/(std+eps) or r-mean.")
-    adv_eps: float = _f(1e-6, "Epsilon in the advantage's denominator.")
-    sft_coef: float = _f(0.5, "c_sft in w_SFT = c_sft * sg(exp(-H)) on demonstration tokens; 0 disables the SFT term.")
+    adv_eps: float = _f(1e-6, "Epsilon in the advantage's denominator.", range='[0, inf)')
+    sft_coef: float = _f(0.5, "c_sft in w_SFT = c_sft * sg(exp(-H)) on demonstration tokens; 0 disables the SFT term.", range='[0, inf)')
     sft_weight: Literal["exp", "constant", "prob", "phi", "linear", "cosine", "target"] = _f(
         "exp", "w_SFT per token: c_sft * sg(exp(-H)) (exp, the paper), c_sft (constant), c_sft * sg(pi) (prob, DFT), "
         "c_sft * sg(pi*(1-pi)) (phi, CHORD-phi; pi = the token's probability), c_sft times a schedule over training "
         "steps from 1 to sft_schedule_end (linear, cosine), or c_sft times a factor that a controller moves to hold "
         "rollout entropy near entropy_target (target; it raises w_SFT while entropy is below the target).")
-    offpolicy_coef: float = _f(1.0, "Weight of the off-policy RL term -A*f(pi) on demonstrations; 0 disables it.")
+    offpolicy_coef: float = _f(1.0, "Weight of the off-policy RL term -A*f(pi) on demonstrations; 0 disables it.", range='[0, inf)')
     offpolicy_shaping: Literal["identity", "luffy"] = _f("identity", "f(pi): pi, or LUFFY's pi/(pi+gamma).")
-    shaping_gamma: float = _f(0.1, "gamma in LUFFY's shaping pi/(pi+gamma).")
+    shaping_gamma: float = _f(0.1, "gamma in LUFFY's shaping pi/(pi+gamma).", range='(0, inf)')
     self_rollout: Literal["srft", "grpo", "none"] = _f(
         "srft", "Loss on own rollouts: SRFT's weighted log-likelihood terms, the clipped GRPO surrogate, or none "
         "(rollouts are still generated and logged but get no policy term, e.g. for SFT).")
-    rl_coef: float = _f(0.1, "c_rl in w_RL = c_rl * sg(exp(H)) on correct rollouts.")
+    rl_coef: float = _f(0.1, "c_rl in w_RL = c_rl * sg(exp(H)) on correct rollouts.", range='[0, inf)')
     rl_weight: Literal["exp", "constant", "phi", "linear", "cosine", "target"] = _f(
         "exp", "w_RL on correct rollouts: c_rl * sg(exp(H)) (exp, the paper), c_rl (constant), c_rl * sg(pi*(1-pi)) "
         "per token (phi), c_rl times a schedule from 1 to rl_schedule_end (linear, cosine), or c_rl times a factor "
         "a controller moves to hold rollout entropy near entropy_target (target; it lowers w_RL while entropy is "
         "below the target, since reinforcing own samples sharpens the policy).")
-    sft_schedule_end: float = _f(0.0, "sft_weight=linear/cosine: the multiplier of c_sft at the last step (it starts at 1).")
-    rl_schedule_end: float = _f(0.0, "rl_weight=linear/cosine: the multiplier of c_rl at the last step (it starts at 1).")
-    entropy_target: float = _f(0.3, "sft_weight/rl_weight=target: the rollout entropy (nats per token) to hold.")
+    sft_schedule_end: float = _f(0.0, "sft_weight=linear/cosine: the multiplier of c_sft at the last step (it starts at 1).", range='[0, inf)')
+    rl_schedule_end: float = _f(0.0, "rl_weight=linear/cosine: the multiplier of c_rl at the last step (it starts at 1).", range='[0, inf)')
+    entropy_target: float = _f(0.3, "sft_weight/rl_weight=target: the rollout entropy (nats per token) to hold.", range='[0, inf)')
     controller_gain: float = _f(0.5, "sft_weight/rl_weight=target: each step the log of the factor moves by "
-                                     "gain * (entropy gap), bounded to [-4, 4].")
-    neg_coef: float = _f(1.0, "Weight of the +log pi term on wrong rollouts (the paper uses 1).")
-    clip_eps: float = _f(0.2, "GRPO surrogate: lower clip range.")
-    clip_eps_high: float = _f(0.2, "GRPO surrogate: upper clip range (DAPO's clip-higher uses e.g. 0.28).")
+                                     "gain * (entropy gap), bounded to [-4, 4].", range='[0, inf)')
+    neg_coef: float = _f(1.0, "Weight of the +log pi term on wrong rollouts (the paper uses 1).", range='[0, inf)')
+    clip_eps: float = _f(0.2, "GRPO surrogate: lower clip range.", range='[0, inf]')
+    clip_eps_high: float = _f(0.2, "GRPO surrogate: upper clip range (DAPO's clip-higher uses e.g. 0.28).", range='[0, inf]')
     sft_stage_steps: int = _f(0, "Steps of plain SFT on demonstrations before this objective takes over "
-                                 "(the two-stage SFT-then-RL baseline); 0 = a single stage.")
+                                 "(the two-stage SFT-then-RL baseline); 0 = a single stage.", range='[0, inf)')
     relift_buffer: int = _f(0, "ReLIFT: demonstrations of prompts whose rollouts all failed are buffered; when this "
-                               "many are, the next step is an SFT step on them instead of an RL step; 0 = off.")
+                               "many are, the next step is an SFT step on them instead of an RL step; 0 = off.", range='[0, inf)')
     mix: Literal["add", "chord"] = _f(
         "add", "How the SFT term and the RL terms combine: add (each with its own coefficient) or chord: "
         "(1-mu) * (every other term) + mu * (SFT term), mu following the mu_* schedule over training steps.")
-    mu_peak: float = _f(0.9, "mix=chord: mu at the end of the warm-up (the largest SFT share).")
-    mu_valley: float = _f(0.05, "mix=chord: mu after the cosine decay (and throughout when there is no warm-up or decay).")
-    mu_warmup_steps: int = _f(0, "mix=chord: steps of linear warm-up of mu from 0 to mu_peak.")
-    mu_decay_steps: int = _f(0, "mix=chord: steps of cosine decay of mu from mu_peak to mu_valley after the warm-up.")
+    mu_peak: float = _f(0.9, "mix=chord: mu at the end of the warm-up (the largest SFT share).", range='[0, 1]')
+    mu_valley: float = _f(0.05, "mix=chord: mu after the cosine decay (and throughout when there is no warm-up or decay).", range='[0, 1]')
+    mu_warmup_steps: int = _f(0, "mix=chord: steps of linear warm-up of mu from 0 to mu_peak.", range='[0, inf)')
+    mu_decay_steps: int = _f(0, "mix=chord: steps of cosine decay of mu from mu_peak to mu_valley after the warm-up.", range='[0, inf)')
     entropy_granularity: Literal["token", "sequence", "batch"] = _f("sequence", "Entropy H used in the weights: per token, per sequence mean, or batch mean.")
-    entropy_coef: float = _f(0.001, "Entropy bonus coefficient (loss -= coef * entropy).")
-    kl_coef: float = _f(0.0, "KL penalty to the frozen initial model (k3 estimator); 0 = no reference model.")
+    entropy_coef: float = _f(0.001, "Entropy bonus coefficient (loss -= coef * entropy).", range='(-inf, inf)')
+    kl_coef: float = _f(0.0, "KL penalty to the frozen initial model (k3 estimator); 0 = no reference model.", range='[0, inf)')
     kl_estimator: Literal["k3", "full"] = _f(
         "k3", "KL estimate: k3 at the sequence's own tokens (cheap; unbiased only on own samples), or the exact "
         "KL over the whole vocabulary at each position (needs [B, T, V] log-probs of both models).")
@@ -137,40 +180,44 @@ class ObjectiveConfig:
         "own rollout found so far for that prompt, this step's included (self; prompts never solved have none), "
         "or expert until the model has solved the prompt, then its own (mixed).")
     prefix_rollouts: int = _f(0, "Prefix-RFT: this many of each prompt's n rollouts continue from a prefix of the "
-                                 "demonstration; 0 = off.")
-    prefix_ratio_start: float = _f(0.95, "Prefix-RFT: prefix length as a fraction of the demonstration at step 0.")
-    prefix_ratio_end: float = _f(0.05, "Prefix-RFT: the fraction at the last step (cosine decay in between).")
+                                 "demonstration; 0 = off.", range='[0, inf)')
+    prefix_ratio_start: float = _f(0.95, "Prefix-RFT: prefix length as a fraction of the demonstration at step 0.", range='[0, 1]')
+    prefix_ratio_end: float = _f(0.05, "Prefix-RFT: the fraction at the last step (cosine decay in between).", range='[0, 1]')
     prefix_entropy_top: float = _f(0.2, "Prefix-RFT: only this fraction of each prefix's tokens, those of highest "
-                                        "entropy, get the policy-gradient term; 1 = all prefix tokens.")
+                                        "entropy, get the policy-gradient term; 1 = all prefix tokens.", range='(0, 1]')
     sasr_warmup_steps: int = _f(0, "SASR: steps of plain SFT, then each step is SFT with probability g/(g + g0) "
-                                   "(g: this step's SFT gradient norm, g0: its warm-up mean), else RL; 0 = off.")
+                                   "(g: this step's SFT gradient norm, g0: its warm-up mean), else RL; 0 = off.", range='[0, inf)')
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "token-sum-norm"] = _f(
         "token-sum-norm", "How per-token losses are reduced to a scalar.")
 
 
 @dataclass
 class OptimConfig:
-    lr: float = _f(3e-4, "AdamW learning rate.")
+    lr: float = _f(3e-4, "AdamW learning rate.", range='(0, inf)')
     betas: list = _f([0.9, 0.99], "AdamW betas.")
-    weight_decay: float = _f(0.0, "AdamW weight decay.")
-    grad_clip: float = _f(1.0, "Clip the global gradient norm to this; 0 = no clipping.")
-    warmup_steps: int = _f(10, "Linear learning-rate warm-up steps.")
+    weight_decay: float = _f(0.0, "AdamW weight decay.", range='[0, inf)')
+    grad_clip: float = _f(1.0, "Clip the global gradient norm to this; 0 = no clipping.", range='[0, inf]')
+    warmup_steps: int = _f(10, "Linear learning-rate warm-up steps.", range='[0, inf)')
     schedule: Literal["constant", "cosine"] = _f("constant", "Learning-rate schedule after warm-up.")
-    micro_batch: int = _f(64, "Sequences per forward/backward pass (gradient accumulation over the step).")
+    micro_batch: int = _f(64, "Sequences per forward/backward pass (gradient accumulation over the step).", range='(0, inf)')
+    max_bad_steps: int = _f(3, "Divergence guard: a step whose loss or gradient norm is not finite is skipped "
+                               "(no update); after this many such steps in a row the run stops, keeping its "
+                               "last good checkpoint.", range='(0, inf)')
 
 
 @dataclass
 class RunConfig:
     method: str = _f("srft", "Name of the method (the preset), recorded in the run directory.")
-    steps: int = _f(300, "Optimiser steps.")
-    seed: int = _f(0, "Seed of training (prompt order, sampling).")
+    steps: int = _f(300, "Optimiser steps.", range='[0, inf)')
+    seed: int = _f(0, "Seed of training (prompt order, sampling).", range=SEED_RANGE)
     out_dir: str = _f("runs/{method}-{time}", "Run directory; {method} and {time} are filled in.")
-    eval_every: int = _f(100, "Evaluate on the test splits every this many steps; 0 = only before and after.")
-    eval_k: int = _f(4, "Samples per test prompt (avg@k).")
-    eval_temperature: float = _f(1.0, "Sampling temperature of the evaluation.")
-    save_every: int = _f(100, "Save a resumable checkpoint every this many steps; 0 = only at the end.")
+    eval_every: int = _f(100, "Evaluate on the test splits every this many steps; 0 = only before and after.", range='[0, inf)')
+    eval_k: int = _f(4, "Samples per test prompt (avg@k).", range='(0, inf)')
+    eval_temperature: float = _f(1.0, "Sampling temperature of the evaluation.", range='[0, inf)')
+    save_every: int = _f(100, "Save a resumable checkpoint every this many steps; 0 = only at the end.", range='[0, inf)')
     progress: bool = _f(True, "Show a progress bar.")
     plots: bool = _f(True, "Write PNG plots at the end.")
+    keep_checkpoints: int = _f(2, "Resumable checkpoints kept in RUN_DIR/checkpoints (the newest ones).", range='(0, inf)')
 
 
 @dataclass
@@ -256,11 +303,16 @@ def _apply(cfg: Config, updates: dict, source: str) -> None:
             raise ConfigError(f"{source}: section '{sect}' must be a mapping of keys to values, got {values!r}")
         obj = getattr(cfg, sect)
         hints = typing.get_type_hints(type(obj))
-        names = [f.name for f in dataclasses.fields(obj)]
+        fields = {f.name: f for f in dataclasses.fields(obj)}
+        names = list(fields)
         for key, value in values.items():
             if key not in names:
                 raise ConfigError(f"{source}: unknown key '{sect}.{key}'; {_suggest(key, names)}")
-            setattr(obj, key, _check_value(f"{source}: {sect}.{key}", hints[key], value))
+            value = _check_value(f"{source}: {sect}.{key}", hints[key], value)
+            rng = fields[key].metadata.get("range")
+            if rng is not None and value is not None:
+                check_range(f"{source}: {sect}.{key}", value, rng)
+            setattr(obj, key, value)
 
 
 def parse_override(text: str) -> dict:
@@ -317,59 +369,44 @@ def load_config(preset: str | None = "srft", config_file: str | None = None,
 
 
 def validate(cfg: Config) -> None:
-    """Cross-field checks that a single type cannot express."""
-    positive = {
-        "rollout.prompts_per_step": cfg.rollout.prompts_per_step,
-        "rollout.n": cfg.rollout.n,
-        "data.max_response_tokens": cfg.data.max_response_tokens,
-        "data.max_prompt_tokens": cfg.data.max_prompt_tokens,
-        "optim.micro_batch": cfg.optim.micro_batch,
-        "run.eval_k": cfg.run.eval_k,
-    }
-    for key, v in positive.items():
-        if v <= 0:
-            raise ConfigError(f"{key} must be > 0, got {v}")
+    """Every number in its field's range, then the checks that involve more than one field."""
+    for sect in dataclasses.fields(Config):
+        obj = getattr(cfg, sect.name)
+        for f in dataclasses.fields(obj):
+            rng = f.metadata.get("range")
+            value = getattr(obj, f.name)
+            if rng is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+                check_range(f"{sect.name}.{f.name}", value, rng)
     if cfg.data.train_size <= 0 and cfg.data.task != "file":
         raise ConfigError(f"data.train_size must be > 0 for generated tasks, got {cfg.data.train_size} "
                           f"(0 = all rows is for data.task=file)")
     if cfg.data.task == "file" and not cfg.data.train_file:
         raise ConfigError("data.task=file needs data.train_file=PATH (a .parquet, .jsonl or .json file)")
-    if cfg.run.steps < 0:
-        raise ConfigError(f"run.steps must be >= 0, got {cfg.run.steps}")
-    if cfg.rollout.temperature <= 0:
-        raise ConfigError("rollout.temperature must be > 0 (sampling is required for group advantages)")
-    if not 0 < cfg.rollout.top_p <= 1:
-        raise ConfigError(f"rollout.top_p must be in (0, 1], got {cfg.rollout.top_p}")
-    if cfg.optim.lr <= 0:
-        raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
+    if cfg.data.task != "file":
+        given = [k for k in ("train_file", "test_id_file", "test_ood_file") if getattr(cfg.data, k)]
+        if given:
+            raise ConfigError(f"data.{given[0]} is set but data.task is '{cfg.data.task}', which does not read "
+                              f"files; add data.task=file to train on the files, or drop data.{given[0]}")
     o = cfg.objective
-    if o.mix == "chord":
-        for key in ("mu_peak", "mu_valley"):
-            if not 0 <= getattr(o, key) <= 1:
-                raise ConfigError(f"objective.{key} must be in [0, 1], got {getattr(o, key)}")
-        for key in ("mu_warmup_steps", "mu_decay_steps"):
-            if getattr(o, key) < 0:
-                raise ConfigError(f"objective.{key} must be >= 0, got {getattr(o, key)}")
-    for key in ("sft_schedule_end", "rl_schedule_end", "controller_gain"):
-        if getattr(o, key) < 0:
-            raise ConfigError(f"objective.{key} must be >= 0, got {getattr(o, key)}")
-    if not 0 <= o.prefix_rollouts <= cfg.rollout.n:
+    if o.prefix_rollouts > cfg.rollout.n:
         raise ConfigError(f"objective.prefix_rollouts must be in [0, rollout.n={cfg.rollout.n}], got {o.prefix_rollouts}")
-    for key in ("prefix_ratio_start", "prefix_ratio_end"):
-        if not 0 <= getattr(o, key) <= 1:
-            raise ConfigError(f"objective.{key} must be in [0, 1], got {getattr(o, key)}")
-    if not 0 < o.prefix_entropy_top <= 1:
-        raise ConfigError(f"objective.prefix_entropy_top must be in (0, 1], got {o.prefix_entropy_top}")
-    if o.sasr_warmup_steps < 0:
-        raise ConfigError(f"objective.sasr_warmup_steps must be >= 0, got {o.sasr_warmup_steps}")
-    if cfg.model.base_steps <= 0:
-        raise ConfigError(f"model.base_steps must be > 0, got {cfg.model.base_steps}")
-    if len(cfg.optim.betas) != 2:
-        raise ConfigError(f"optim.betas must have two values, got {cfg.optim.betas}")
+    betas = cfg.optim.betas
+    if (len(betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in betas)
+            or not all(0 <= b < 1 for b in betas)):
+        raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {betas}")
+    if not all(isinstance(t, str) and t for t in cfg.model.lora_targets):
+        raise ConfigError(f"model.lora_targets must be a list of module names, got {cfg.model.lora_targets}")
+    try:
+        cfg.run.out_dir.format(method="m", time="t")
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConfigError(f"run.out_dir {cfg.run.out_dir!r}: only {{method}} and {{time}} are filled in "
+                          f"({type(e).__name__}: {e}); write a literal brace as {{{{ or }}}}") from e
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    from srft.rundir import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def describe() -> str:
@@ -382,5 +419,6 @@ def describe() -> str:
         lines.append(f"[{sect.name}]")
         for f in dataclasses.fields(obj):
             lines.append(f"  {sect.name}.{f.name}: {_type_name(hints[f.name])} = {getattr(obj, f.name)!r}")
-            lines.append(f"      {f.metadata.get('help', '')}")
+            rng = f.metadata.get("range")
+            lines.append(f"      {f.metadata.get('help', '')}" + (f" Range: {rng}." if rng else ""))
     return "\n".join(lines)

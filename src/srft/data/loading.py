@@ -180,12 +180,31 @@ def _format_of(path: Path) -> str:
     raise DataError(f"{path}: unknown file type; use .parquet, .jsonl or .json")
 
 
+def _one_line(e: BaseException) -> str:
+    """An exception's message on one line, without a trailing full stop."""
+    return " ".join(str(e).split()).rstrip(".") or type(e).__name__
+
+
+_FIX_FILE = "re-create it (e.g. re-export or re-download it) or give another file"
+
+
 def _iter_parquet(path: Path, batch_size: int) -> Iterator[dict]:
     import pyarrow.parquet as pq
+    from pyarrow.lib import ArrowException
 
-    # pre_buffer=False: with read coalescing on, Arrow buffers most of the file
-    # ahead of the batches (the whole file, for a few-row-group file)
-    pf = pq.ParquetFile(path, pre_buffer=False)
+    size = path.stat().st_size
+    try:
+        # pre_buffer=False: with read coalescing on, Arrow buffers most of the file
+        # ahead of the batches (the whole file, for a few-row-group file)
+        pf = pq.ParquetFile(path, pre_buffer=False)
+    except (ArrowException, OSError, ValueError) as e:
+        if size == 0:
+            why = "0 bytes"
+        elif "magic bytes" in str(e):
+            why = f"no parquet footer in its {size} bytes: the file is truncated or is not parquet"
+        else:
+            why = _one_line(e)
+        raise DataError(f"{path}: not a readable parquet file ({why}); {_FIX_FILE}") from e
     names = set(pf.schema_arrow.names)
     cols = [c for c in _COLUMNS if c in names]
     if "extra_info" in names:
@@ -193,31 +212,79 @@ def _iter_parquet(path: Path, batch_size: int) -> Iterator[dict]:
         extra_type = pf.schema_arrow.field("extra_info").type
         if hasattr(extra_type, "get_field_index") and extra_type.get_field_index("prompt_is_text") >= 0:
             cols.append("extra_info")
-    for batch in pf.iter_batches(batch_size=batch_size, columns=cols):
-        yield from batch.to_pylist()
-        del batch
+    n = 0
+    try:
+        for batch in pf.iter_batches(batch_size=batch_size, columns=cols):
+            records = batch.to_pylist()
+            del batch
+            n += len(records)
+            yield from records
+    except (ArrowException, OSError, ValueError, NotImplementedError) as e:
+        raise DataError(f"{path}: corrupt parquet data after row {n} of {pf.metadata.num_rows} "
+                        f"({_one_line(e)}); {_FIX_FILE}") from e
+
+
+def _not_utf8(path: Path, lineno: int, raw: bytes, e: UnicodeDecodeError) -> DataError:
+    hint = ""
+    if lineno == 1 and raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        hint = " (it looks like UTF-16)"
+    return DataError(f"{path}: line {lineno} is not UTF-8 text{hint}: byte 0x{raw[e.start]:02x} at byte "
+                     f"{e.start + 1} of the line; re-save the file as UTF-8")
+
+
+def _utf8_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each line; a UTF-8 BOM is dropped; bytes that are not UTF-8 raise DataError."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                yield lineno, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise _not_utf8(path, lineno, raw, e) from e
 
 
 def _iter_jsonl(path: Path) -> Iterator[dict]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e}); expected one JSON object per line") from e
-            yield obj
+    for lineno, line in _utf8_lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as e:
+            why = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else _one_line(e)
+            raise DataError(f"{path}: line {lineno} is not valid JSON ({why}); "
+                            f"a .jsonl file holds one JSON object per line") from e
+        yield obj
+
+
+def _check_utf8(path: Path) -> None:
+    for _ in _utf8_lines(path):
+        pass
+
+
+def _load_json(path: Path):
+    with open(path, encoding="utf-8-sig") as f:
+        try:
+            return json.load(f)
+        except UnicodeDecodeError as e:
+            _check_utf8(path)  # raises naming the line of the bad byte
+            raise DataError(f"{path}: not UTF-8 text ({_one_line(e)}); re-save the file as UTF-8") from e
+        except ValueError as e:
+            where = f" at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
+            msg = e.msg if isinstance(e, json.JSONDecodeError) else _one_line(e)
+            raise DataError(f"{path}: not valid JSON ({msg}{where}); a .json file holds a JSON list of "
+                            f"objects, or one JSON object per line") from e
 
 
 def _iter_json(path: Path) -> Iterator[dict]:
-    with open(path, encoding="utf-8") as f:
-        head = f.read(4096).lstrip()
+    with open(path, "rb") as f:
+        head = f.read(4096).decode("utf-8-sig", errors="replace").lstrip()
+    if not head:
+        raise DataError(f"{path}: the file is empty; it should hold a JSON list of objects or JSON lines")
     if not head.startswith("["):
         # JSON lines under a .json name, or a dict of columns / {"data": [...]}
         if head.startswith("{"):
-            with open(path, encoding="utf-8") as f:
-                first = f.readline()
+            lines = _utf8_lines(path)
+            first = next(lines)[1]
+            lines.close()
             try:
                 one_line = isinstance(json.loads(first), dict)
             except ValueError:
@@ -225,12 +292,15 @@ def _iter_json(path: Path) -> Iterator[dict]:
             if one_line:
                 yield from _iter_jsonl(path)
                 return
-            with open(path, encoding="utf-8") as f:
-                obj = json.load(f)
+            obj = _load_json(path)
             if isinstance(obj.get("data"), list):
                 yield from obj["data"]
                 return
             if obj and all(isinstance(v, list) for v in obj.values()):  # columns
+                lengths = {k: len(v) for k, v in obj.items()}
+                if len(set(lengths.values())) > 1:
+                    raise DataError(f"{path}: the columns have different lengths ({lengths}); "
+                                    f"every column needs one value per row")
                 n = len(next(iter(obj.values())))
                 for i in range(n):
                     yield {k: v[i] for k, v in obj.items()}
@@ -238,26 +308,47 @@ def _iter_json(path: Path) -> Iterator[dict]:
             yield obj
             return
         raise DataError(f"{path}: expected a JSON list of objects or JSON lines")
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
+    data = _load_json(path)
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of objects or JSON lines")
     yield from data
 
 
+def _guarded(records: Iterator[dict], path: Path) -> Iterator[dict]:
+    """``records``, with a failure to read the file turned into a DataError naming it."""
+    try:
+        yield from records
+    except DataError:
+        raise
+    except PermissionError as e:
+        raise DataError(f"{path}: cannot be read (permission denied); fix its permissions or copy it") from e
+    except UnicodeDecodeError as e:  # pragma: no cover - the readers name the line themselves
+        raise DataError(f"{path}: not UTF-8 text ({_one_line(e)}); re-save the file as UTF-8") from e
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot be read ({type(e).__name__}: {_one_line(e)}); {_FIX_FILE}") from e
+
+
 def iter_raw(path: str | os.PathLike, batch_size: int = 256) -> Iterator[dict]:
-    """The raw records of a file, one dict at a time."""
+    """The raw records of a file, one dict at a time; a file that cannot be read raises DataError."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory; give a .parquet, .jsonl or .json file")
     fmt = _format_of(path)
     if fmt == "parquet":
-        return _iter_parquet(path, batch_size)
+        return _guarded(_iter_parquet(path, batch_size), path)
     if fmt == "jsonl":
-        return _iter_jsonl(path)
-    return _iter_json(path)
+        return _guarded(_iter_jsonl(path), path)
+    return _guarded(_iter_json(path), path)
 
 
 def iter_rows(path: str | os.PathLike, *, max_rows: int | None = None, problems: list | None = None) -> Iterator[dict]:
-    """Normalised rows of a file, streamed; unusable rows are appended to ``problems``."""
+    """Normalised rows of a file, streamed; unusable rows are appended to ``problems``.
+
+    A file that cannot be read (missing, not parquet/JSON, corrupt, not UTF-8) raises
+    :class:`DataError` naming the file and what is wrong.
+    """
     path = Path(path)
     source = path.name.split(".")[0]
     for i, raw in enumerate(iter_raw(path)):
@@ -285,34 +376,43 @@ def _describe_problems(problems: list, limit: int = 5) -> str:
     return ", ".join(parts)
 
 
-def load_rows(path: str | os.PathLike, *, max_rows: int | None = None, strict: bool = False) -> Rows:
+def load_rows(path: str | os.PathLike, *, max_rows: int | None = None, strict: bool = False,
+              label: str | None = None) -> Rows:
     """Read a .parquet / .jsonl / .json file into normalised rows (see the module doc).
 
     Rows without an answer or with a malformed prompt are left out and listed,
     with their index in the file, in ``rows.problems`` (and logged); with
     ``strict=True`` they raise :class:`DataError` instead. ``max_rows`` reads
-    only the first rows of the file.
+    only the first rows of the file. A file that cannot be read, or has no usable
+    row, raises :class:`DataError`; its message starts with ``label`` (where the
+    path came from, e.g. ``"data.train_file"``) when one is given.
     """
     path = Path(path)
+    name = f"{label} {path}" if label else str(path)
     problems: list = []
     rows = Rows(source=str(path))
-    for row in iter_rows(path, max_rows=max_rows, problems=problems):
-        rows.append(row)
+    try:
+        for row in iter_rows(path, max_rows=max_rows, problems=problems):
+            rows.append(row)
+    except DataError as e:
+        if label:
+            raise DataError(f"{label} {e}") from e
+        raise
     rows.problems = problems
     rows.n_read = len(rows) + len(problems)
-    if problems:
-        msg = f"{path}: {len(problems)} of {rows.n_read} rows unusable: {_describe_problems(problems)}"
-        if strict:
-            raise DataError(msg)
-        log.warning(msg)
     if not rows:
         hint = (
             "each row needs a prompt (a string or a list of {role, content} messages) and an answer "
             "(column 'answer' or 'reward_model.ground_truth')"
         )
         if rows.n_read == 0:
-            raise DataError(f"{path}: the file holds no rows")
-        raise DataError(f"{path}: none of the {rows.n_read} rows is usable; {hint}. {_describe_problems(problems)}")
+            raise DataError(f"{name}: the file holds no rows")
+        raise DataError(f"{name}: none of the {rows.n_read} rows is usable ({_describe_problems(problems)}); {hint}")
+    if problems:
+        msg = f"{name}: {len(problems)} of {rows.n_read} rows unusable: {_describe_problems(problems)}"
+        if strict:
+            raise DataError(msg)
+        log.warning(msg)
     return rows
 
 

@@ -13,7 +13,13 @@ The result is a plain Hugging Face checkpoint directory (safetensors weights,
 parameters, the build time and the measured accuracy. Building is
 deterministic given the seed (same data, same initialisation, same order).
 
-``ensure_base_model`` returns a cached build or makes one.
+``ensure_base_model`` returns a cached build, else installs the build that ships with the
+package (``srft/models/shipped/``), else makes one. Shipping matters: the recipe is
+deterministic on one machine, but tiny numerical differences between CPUs (kernels,
+instruction sets) move 1000 steps of pre-training to visibly different models (one 2-core
+machine of the same kind gave test_id avg@8 0.227 and greedy 0.63 instead of 0.355 and 0.97).
+The shipped weights make the default run start from the same model everywhere; a rebuild
+(``srft build-base --rebuild``) may land elsewhere within that band.
 
 Measured with the default recipe (addition, seed 0, 1000 steps of 32 documents, 1.06M
 parameters; the figures are in the build's ``srft_base.json``): test_id avg@8 at T=1 is
@@ -284,12 +290,47 @@ def base_model_dirname(task_name: str, seed: int, config: BaseModelConfig | None
     return f"{safe}-seed{seed}-{_config_hash(d)}"
 
 
+# Builds that ship with the package, one directory each, named as in the cache.
+SHIPPED_DIR = Path(__file__).parent / "shipped"
+
+
+def _is_complete(path: Path) -> bool:
+    return (path / "srft_base.json").is_file() and (path / "config.json").is_file()
+
+
+def shipped_base_model(name: str) -> Path | None:
+    """The shipped build called ``name`` (see ``base_model_dirname``), if the package has one."""
+    path = SHIPPED_DIR / name
+    return path if _is_complete(path) else None
+
+
+def _install(src: Path, dest: Path) -> Path:
+    """Copy a build into the cache through a temporary sibling, so a crash leaves no half copy."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+    return dest
+
+
 def ensure_base_model(cache_dir, task_name: str = "addition", seed: int = 0, progress: bool = True,
-                      config: BaseModelConfig | None = None) -> Path:
-    """Path of the cached base model for (task, seed, recipe), building it first if needed."""
-    path = Path(cache_dir).expanduser() / base_model_dirname(task_name, seed, config)
-    if (path / "srft_base.json").is_file() and (path / "config.json").is_file():
-        return path
+                      config: BaseModelConfig | None = None, rebuild: bool = False) -> Path:
+    """Path of the cached base model for (task, seed, recipe).
+
+    When the cache lacks it, the shipped build of that recipe is copied in; failing that
+    (other tasks, seeds or step counts), it is built. ``rebuild`` always builds anew.
+    """
+    name = base_model_dirname(task_name, seed, config)
+    path = Path(cache_dir).expanduser() / name
+    if not rebuild:
+        if _is_complete(path):
+            return path
+        shipped = shipped_base_model(name)
+        if shipped is not None:
+            return _install(shipped, path)
     return build_base_model(path, task_name, seed, progress=progress, config=config)
 
 
@@ -298,6 +339,36 @@ def load_base_model(path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+
+
+# The addition recipes that ship (seed 0): the default base model and the weak one of the
+# comparison suites (model.base_steps=600).
+SHIPPED_STEPS = (1000, 600)
+
+
+def weights_digest(path: Path) -> str:
+    return hashlib.sha256((Path(path) / "model.safetensors").read_bytes()).hexdigest()
+
+
+def ship_base_model(steps: int, built: Path | None = None) -> Path:
+    """Put the addition/seed-0 build of ``steps`` pre-training steps into ``SHIPPED_DIR``.
+
+    ``built`` is a finished build of that recipe (``srft build-base --out DIR --steps N``);
+    without it the recipe is built here. The digest of the weights goes into srft_base.json
+    so that a test can tell that the shipped files are the ones described.
+    """
+    config = BaseModelConfig(steps=steps)
+    dest = SHIPPED_DIR / base_model_dirname("addition", 0, config)
+    if built is None:
+        built = build_base_model(Path(f"{dest}.build"), "addition", 0, config=config)
+    info = json.loads((Path(built) / "srft_base.json").read_text())
+    if (info["task"], info["seed"], info["config"]["steps"], info["format"]) != ("addition", 0, steps, BUILD_FORMAT):
+        raise ValueError(f"{built} is not the addition/seed-0 build of {steps} steps (format {BUILD_FORMAT})")
+    _install(Path(built), dest)
+    shutil.rmtree(f"{dest}.build", ignore_errors=True)
+    info["weights_sha256"] = weights_digest(dest)
+    (dest / "srft_base.json").write_text(json.dumps(info, indent=2) + "\n")
+    return dest
 
 
 # --------------------------------------------------------------------------- learnability check
@@ -360,6 +431,10 @@ def main(argv=None) -> int:
     b.add_argument("--task", default="addition")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--steps", type=int, default=None)
+    s = sub.add_parser("ship", help="build the recipes that ship with the package into srft/models/shipped/")
+    s.add_argument("--steps", type=int, nargs="+", default=list(SHIPPED_STEPS))
+    s.add_argument("--from-dir", nargs="+", default=None,
+                   help="ship these finished builds (one per --steps value) instead of building")
     c = sub.add_parser("sft-check", help="SFT a base model on demonstrations and report accuracy before/after")
     c.add_argument("model_dir")
     c.add_argument("--task", default="addition")
@@ -368,7 +443,11 @@ def main(argv=None) -> int:
     c.add_argument("--lr", type=float, default=1e-3)
     c.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    if args.cmd == "build":
+    if args.cmd == "ship":
+        for i, steps in enumerate(args.steps):
+            built = Path(args.from_dir[i]) if args.from_dir else None
+            print(ship_base_model(steps, built))
+    elif args.cmd == "build":
         out = build_base_model(args.out, args.task, args.seed, steps=args.steps)
         print(json.dumps(json.loads((Path(out) / "srft_base.json").read_text())["accuracy"], indent=2))
     else:

@@ -7,6 +7,7 @@ Any local Hugging Face causal-LM directory works too.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -24,19 +25,29 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise ModelError(f"model.device={name!r} is not a device; use auto, cpu, cuda or cuda:N") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelError(f"model.device={name} but no CUDA device is available; use model.device=cpu")
-    return torch.device(name)
+    return device
 
 
 def resolve_model_path(cfg: ModelConfig, task_name: str, progress: bool = True) -> Path:
     """The directory to load: ``cfg.path``, or the built-in base model (built if missing)."""
     if cfg.path is None:
-        from srft.models.base_model import BaseModelConfig, ensure_base_model
+        from srft.models import base_model
+        from srft.tasks import base_model_task
 
+        base_task = base_model_task(task_name)
+        if base_task != task_name:
+            print(f"note: model.path is null and task '{task_name}' has no built-in base model of its own: "
+                  f"using the built-in '{base_task}' base model (set model.path=DIR to train another model)",
+                  file=sys.stderr)
         cache = Path(os.path.expanduser(cfg.base_cache_dir))
-        return Path(ensure_base_model(cache, task_name=task_name, seed=cfg.base_seed, progress=progress,
-                                      config=BaseModelConfig(steps=cfg.base_steps)))
+        return Path(base_model.ensure_base_model(cache, task_name=base_task, seed=cfg.base_seed, progress=progress,
+                                                 config=base_model.BaseModelConfig(steps=cfg.base_steps)))
     path = Path(os.path.expanduser(cfg.path))
     if not path.exists():
         raise ModelError(f"model.path '{cfg.path}' does not exist; give a local Hugging Face model directory, "
@@ -66,6 +77,7 @@ def load_model_and_tokenizer(cfg: ModelConfig, task_name: str = "addition", prog
     """Return (model, tokenizer, path) with the model on its device, in train mode."""
     from transformers import AutoModelForCausalLM
 
+    device = resolve_device(cfg.device)  # a bad device fails before a base model is built or loaded
     path = resolve_model_path(cfg, task_name, progress)
     tok = load_tokenizer(path)
     try:
@@ -77,7 +89,7 @@ def load_model_and_tokenizer(cfg: ModelConfig, task_name: str = "addition", prog
     if cfg.lora_rank > 0:
         model = add_lora(model, cfg)
     model.config.use_cache = True
-    model.to(resolve_device(cfg.device))
+    model.to(device)
     model.train()
     return model, tok, path
 

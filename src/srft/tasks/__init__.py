@@ -30,11 +30,21 @@ TASKS: dict[str, type] = {
 }
 DEFAULT_TASK = "addition"
 
-__all__ = ["TASKS", "DEFAULT_TASK", "SPLITS", "Score", "Task", "TaskError", "get_task", "AdditionTask", "ExpressionTask"]
+__all__ = ["TASKS", "DEFAULT_TASK", "base_model_task", "SPLITS", "Score", "Task", "TaskError", "get_task", "AdditionTask", "ExpressionTask"]
 
 
 class TaskError(ValueError):
     """A task spec that cannot be resolved into a usable task."""
+
+
+def base_model_task(task: str) -> str:
+    """The task whose built-in base model serves ``task`` when ``model.path`` is null.
+
+    Built-in tasks and plugins (``module:Class``, ``file.py:Class``) have their own, pre-trained
+    on their text; a task with no text of its own to pre-train on (``file``: data files) uses
+    the default task's (``DEFAULT_TASK``).
+    """
+    return task if task in TASKS or ":" in task else DEFAULT_TASK
 
 
 def get_task(spec: str, **kwargs) -> Task:

@@ -13,6 +13,10 @@ from pathlib import Path
 from srft.tasks.base import Score
 
 
+# the config key each split's file comes from, named in error messages
+CONFIG_KEYS = {"train": "data.train_file", "test_id": "data.test_id_file", "test_ood": "data.test_ood_file"}
+
+
 class FileTask:
     name = "file"
 
@@ -20,18 +24,29 @@ class FileTask:
                  reward: str = "auto", workers: int = 2, timeout_s: float = 5.0):
         from srft.data.loading import DataError
 
+        if train_file is None:
+            raise DataError("data.task=file needs data.train_file (a .parquet, .jsonl or .json file)")
         self.files = {"train": train_file, **(test_files or {})}
         for split, path in self.files.items():
             if path is not None and not Path(path).exists():
-                raise DataError(f"data file for split '{split}' does not exist: {path}")
-        if train_file is None:
-            raise DataError("data.task=file needs data.train_file (a .parquet or .jsonl file)")
+                raise DataError(f"{self.key(split)} {path} does not exist; give the path of a .parquet, "
+                                f".jsonl or .json file")
         self.test_splits = tuple(s for s, p in self.files.items() if s != "train" and p is not None)
         self.reward = reward
         self.workers = workers
         self.timeout_s = timeout_s
         self._rows: dict[str, list[dict]] = {}
         self._verifier = None
+        # Read every file now: a corrupt or unusable file fails here, before a model is
+        # loaded (or a base model built) and before a run directory exists.
+        for split, path in self.files.items():
+            if path is not None:
+                self._load(split)
+
+    @staticmethod
+    def key(split: str) -> str:
+        """Where a split's file is configured (``data.train_file``, ...), for messages."""
+        return CONFIG_KEYS.get(split, f"the {split} file")
 
     def _load(self, split: str) -> list[dict]:
         from srft.data.loading import load_rows
@@ -40,7 +55,7 @@ class FileTask:
             path = self.files.get(split)
             if path is None:
                 raise ValueError(f"no data file for split '{split}'")
-            self._rows[split] = load_rows(path)
+            self._rows[split] = load_rows(path, label=self.key(split))
         return self._rows[split]
 
     def generate(self, split: str, n: int, seed: int) -> list[dict]:

@@ -155,8 +155,10 @@ def test_runner_records_failures_goes_on_resumes_and_skips_finished_runs(tmp_pat
     runs = [RunSpec("r", m, s, tmp_path / "out" / "r" / m / f"seed{s}") for m in ("good", "bad", "late") for s in (0, 1)]
     # "late/seed1" stopped earlier after a checkpoint: it resumes
     resumable = runs[5].run_dir
-    (resumable / "checkpoint").mkdir(parents=True)
-    (resumable / "checkpoint" / "trainer.pt").write_text("")
+    ckpt = resumable / "checkpoints" / "step-000003"  # the layout of srft.rundir
+    ckpt.mkdir(parents=True)
+    for name in ("trainer.pt", "model_state.pt"):
+        (ckpt / name).write_text("")
     (resumable / "config.yaml").write_text("{}")
     (resumable / "run_status.json").write_text(json.dumps({"status": "interrupted", "wall_s": 100.0}))
     lines: list[str] = []

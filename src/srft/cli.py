@@ -32,19 +32,32 @@ def _load(args):
 
 
 def cmd_train(args) -> int:
-    from srft.config import load_config
-    from srft.training.loop import train
+    from srft import rundir
+    from srft.config import ConfigError, load_config
+    from srft.training.checkpoint import CheckpointError
+    from srft.training.loop import DivergenceError, train
+    from srft.training.resume import check_resume_changes
 
-    if args.resume:
-        run_dir = Path(args.resume)
-        cfg_file = run_dir / "config.yaml"
-        if not cfg_file.exists():
-            raise SystemExit(f"error: {run_dir} is not a run directory (no config.yaml)")
-        cfg = load_config(None, str(cfg_file), args.overrides)
-        train(cfg, run_dir=run_dir, resume=True)
-    else:
-        cfg = _load(args)
-        train(cfg)
+    try:
+        if args.resume:
+            run_dir = Path(args.resume)
+            cfg_file = run_dir / rundir.CONFIG
+            if not cfg_file.exists():
+                raise ConfigError(f"{run_dir} is not a run directory (no {rundir.CONFIG}); give the directory "
+                                  f"of a run that srft train made")
+            if args.preset or args.config:
+                raise ConfigError("--resume continues a run with its own config and preset; drop --preset/--config "
+                                  "(or start a new run with them)")
+            cfg = load_config(None, str(cfg_file), args.overrides)
+            for key, (old, new) in check_resume_changes(load_config(None, str(cfg_file)), cfg,
+                                                        "the command line").items():
+                print(f"resume: {key} {old} -> {new}", file=sys.stderr)
+            train(cfg, run_dir=run_dir, resume=True)
+        else:
+            train(_load(args))
+    except (CheckpointError, DivergenceError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -70,7 +83,7 @@ def cmd_build_base(args) -> int:
     else:
         import os
         path = ensure_base_model(Path(os.path.expanduser(args.cache_dir)), task_name=args.task, seed=args.seed,
-                                 config=recipe)
+                                 config=recipe, rebuild=args.rebuild)
     print(path)
     return 0
 
@@ -191,10 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="srft: single-stage supervised and reinforcement fine-tuning (SRFT) and its peer methods.",
         epilog="Run 'srft COMMAND --help' for a command's options; 'srft config --keys' lists every config key.")
     sub = parser.add_subparsers(dest="command", required=True)
+    from srft.training.resume import MAY_CHANGE  # cheap: no torch
 
     p = sub.add_parser("train", help="train a model (SRFT by default)")
     _add_config_args(p)
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its last checkpoint, with its config; overrides may change "
+                        f"only {', '.join(MAY_CHANGE)}")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("config", help="print the resolved config, or every key with --keys")
@@ -237,11 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="JSON file with the summary and every completion and score")
     p.set_defaults(func=cmd_benchmark)
 
-    p = sub.add_parser("build-base", help="build (or find in the cache) the built-in base model")
+    p = sub.add_parser("build-base", help="install (from the package's shipped weights or the cache) or build the "
+                                          "built-in base model")
     p.add_argument("--task", default="addition")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", default="~/.cache/srft")
     p.add_argument("--out", default=None, help="build into this directory instead of the cache")
+    p.add_argument("--rebuild", action="store_true",
+                   help="build anew even when the cache or the package (shipped weights) has this recipe")
     p.add_argument("--steps", type=int, default=1000,
                    help="pre-training steps (training's model.base_steps); fewer give a weaker base model")
     p.set_defaults(func=cmd_build_base)

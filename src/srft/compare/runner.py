@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from srft import rundir
 from srft.compare.plan import RunSpec
+from srft.rundir import has_checkpoint
 
 STATUS_FILE = "run_status.json"
 LOG_FILE = "train.log"
@@ -58,16 +60,11 @@ def threads_per_run(jobs: int) -> int:
     return max(1, cpu_count() // max(jobs, 1))
 
 
-def has_checkpoint(run_dir: Path) -> bool:
-    # as srft.training.checkpoint.has_checkpoint, without importing torch for a directory test
-    return (run_dir / "checkpoint" / "trainer.pt").exists()
-
-
 def run_state(run_dir: Path) -> str:
     """``finished``, ``resume`` (a checkpoint to continue from) or ``new``."""
-    if (run_dir / "eval.json").exists():
+    if rundir.is_finished(run_dir):
         return "finished"
-    if has_checkpoint(run_dir) and (run_dir / "config.yaml").exists():
+    if has_checkpoint(run_dir) and (run_dir / rundir.CONFIG).exists():
         return "resume"
     return "new"
 

@@ -65,9 +65,11 @@ class HFEngine:
         # temperature <= 0 means greedy decoding
         sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 \
             else dict(do_sample=False)
+        # remove_invalid_values: NaN/inf logits (a diverged step) must not crash the sampler;
+        # the divergence guard stops such a run on its loss.
         seqs = self.model.generate(
             input_ids=ids_BL.to(device), attention_mask=attn_BL.to(device), max_new_tokens=max_new_tokens,
-            pad_token_id=self.pad_id, eos_token_id=self.eos_id, **sampling,
+            pad_token_id=self.pad_id, eos_token_id=self.eos_id, remove_invalid_values=True, **sampling,
         )
         responses = []
         for row in seqs[:, width:].tolist():

@@ -1,19 +1,44 @@
-"""Resumable checkpoints: model, optimiser, scheduler, RNG states and the data position.
+"""Resumable checkpoints: model, optimiser, scheduler, RNG states, the data position, method state.
 
-A checkpoint is written to a temporary directory and renamed into place, so that an
-interrupted save never replaces the last good one.
+Each save is a new directory ``checkpoints/step-N``: written under a temporary name,
+fsynced, renamed into place, and only then named by the ``latest`` pointer (itself
+replaced atomically); older ones beyond ``keep`` are removed afterwards. A kill at any
+instant therefore leaves at least one complete checkpoint, and resume falls back from
+``latest`` to the newest complete one that loads. A model with a non-finite parameter
+is never saved.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import random
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-CKPT = "checkpoint"
+from srft.rundir import (
+    CHECKPOINTS,
+    CKPT_META,
+    LATEST,
+    atomic_write_text,
+    checkpoint_candidates,
+    fsync_path,
+    fsync_tree,
+    step_dir_name,
+)
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint, or one that does not belong to this run; the message says what to do."""
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def rng_state() -> dict:
@@ -31,37 +56,92 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: Path, model, tokenizer, optimizer, scheduler, step: int, extra: dict) -> Path:
-    final = run_dir / CKPT
-    tmp = run_dir / f"{CKPT}.tmp"
+def non_finite_parameters(model) -> list[str]:
+    return [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+
+
+def save_checkpoint(run_dir: Path, model, tokenizer, optimizer, scheduler, step: int, extra: dict,
+                    config: dict | None = None, keep: int = 2) -> Path:
+    """Save a complete checkpoint of ``step``; return its directory.
+
+    ``config`` (the run's config as a dict) is stored with its hash, so that a resume can
+    tell a changed config. Raises ``CheckpointError`` rather than save non-finite weights.
+    """
+    bad = non_finite_parameters(model)
+    if bad:
+        raise CheckpointError(f"not saving a checkpoint at step {step}: {len(bad)} parameters are not finite "
+                              f"(first: {bad[0]}); the last good checkpoint is kept")
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / step_dir_name(step)
+    if final.exists() and (root / LATEST).is_file() and (root / LATEST).read_text().strip() == final.name:
+        return final  # this step is saved already (e.g. a stop right after a periodic save)
+    tmp = root / f".{final.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp.mkdir()
     # The exact parameters (adapters included), for resuming; the run's final model/ is the HF export.
     torch.save(model.state_dict(), tmp / "model_state.pt")
     tokenizer.save_pretrained(tmp / "tokenizer")
-    torch.save({
-        "step": step,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "rng": rng_state(),
-        "extra": extra,
-    }, tmp / "trainer.pt")
-    old = run_dir / f"{CKPT}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    meta = {"step": step, "config_hash": config_hash(config) if config is not None else None}
+    torch.save({**meta, "config": config, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": rng_state(), "extra": extra}, tmp / "trainer.pt")
+    (tmp / CKPT_META).write_text(json.dumps(meta) + "\n")
+    fsync_tree(tmp)
+    if final.exists():  # a leftover of an attempt that never became `latest`
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    fsync_path(root)
+    atomic_write_text(root / LATEST, final.name + "\n")
+    _prune(root, keep, final)
     return final
 
 
-def has_checkpoint(run_dir: Path) -> bool:
-    return (run_dir / CKPT / "trainer.pt").exists()
+def _prune(root: Path, keep: int, newest: Path) -> None:
+    """Remove all but the ``keep`` newest complete checkpoints (never ``newest``) and stray temporaries."""
+    complete = [p for p in checkpoint_candidates(root.parent) if p.parent == root]
+    complete.sort(key=lambda p: p.name, reverse=True)
+    for p in complete[max(keep, 1):]:
+        if p != newest:
+            shutil.rmtree(p, ignore_errors=True)
+    for p in root.glob(".step-*.tmp"):
+        shutil.rmtree(p, ignore_errors=True)
 
 
-def load_trainer_state(run_dir: Path) -> dict:
-    return torch.load(run_dir / CKPT / "trainer.pt", weights_only=False)
+def load_checkpoint(run_dir: Path, model) -> dict:
+    """Load the best usable checkpoint of ``run_dir`` into ``model``; return its trainer state.
+
+    Tries ``latest``, then older complete checkpoints; one whose files do not load or do
+    not fit the model is reported on stderr and skipped. The model is only written to once
+    a checkpoint's files have loaded and matched its parameters.
+    """
+    candidates = checkpoint_candidates(run_dir)
+    if not candidates:
+        raise CheckpointError(f"no checkpoint in {run_dir} to resume from; start a new run instead")
+    problems = []
+    for path in candidates:
+        try:
+            state = torch.load(path / "trainer.pt", weights_only=False)
+            weights = torch.load(path / "model_state.pt", weights_only=True)
+            _check_fits(model, weights)
+            if not isinstance(state, dict) or "step" not in state or "optimizer" not in state:
+                raise ValueError("trainer.pt lacks the step or the optimiser state")
+        except Exception as e:  # a corrupt or foreign file: any of pickle's, zipfile's or torch's errors
+            problems.append(f"{path.name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            print(f"warning: checkpoint {path} is unusable ({problems[-1]}); trying an older one", file=sys.stderr)
+            continue
+        model.load_state_dict(weights)
+        state["path"] = path
+        return state
+    raise CheckpointError(f"no usable checkpoint in {run_dir} ({'; '.join(problems)}); "
+                          f"start a new run, or restore the checkpoint files")
 
 
-def load_model_state(run_dir: Path, model) -> None:
-    model.load_state_dict(torch.load(run_dir / CKPT / "model_state.pt", weights_only=True))
+def _check_fits(model, weights: dict) -> None:
+    own = model.state_dict()
+    if set(own) != set(weights):
+        missing, extra = set(own) - set(weights), set(weights) - set(own)
+        raise ValueError(f"model_state.pt does not match the model (missing {sorted(missing)[:2]}, "
+                         f"unexpected {sorted(extra)[:2]})")
+    for k, v in weights.items():
+        if v.shape != own[k].shape:
+            raise ValueError(f"model_state.pt: {k} has shape {tuple(v.shape)}, the model {tuple(own[k].shape)}")

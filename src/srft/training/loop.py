@@ -14,7 +14,11 @@ Each step:
 
 Periodic evaluation on the test splits, periodic checkpoints, and ``resume`` from the
 last one (model, optimiser, scheduler, RNG states, step; the data position follows from
-the step). Every step appends a line to ``metrics.jsonl``.
+the step; a changed config is refused, see ``srft.training.resume``). Every step appends
+a line to ``metrics.jsonl``. The divergence guard: a step whose loss or gradient norm is
+not finite is skipped (no update, logged as ``skipped``); ``optim.max_bad_steps`` such
+steps in a row, or an update that makes a weight non-finite, stop the run with its last
+good checkpoint kept (a non-finite model is never saved).
 
 Departures from the paper (the objective's own are in ``srft.objective.losses``):
 
@@ -53,6 +57,7 @@ import random
 import signal
 import sys
 import time
+import warnings
 from datetime import datetime
 from pathlib import Path
 
@@ -75,17 +80,24 @@ from srft.rollout.engine import HFEngine
 from srft.tasks import get_task
 from srft.tasks.base import verify_all
 from srft.tasks.files import FileTask
+from srft import rundir
 from srft.training.checkpoint import (
-    has_checkpoint,
-    load_model_state,
-    load_trainer_state,
+    CheckpointError,
+    config_hash,
+    load_checkpoint,
+    non_finite_parameters,
     save_checkpoint,
     set_rng_state,
 )
+from srft.training.resume import check_resume_changes, fixed_part
 from srft.training.data import Example, encode_rows
 from srft.training.metrics import MetricsLog, timed
 
 TEST_SPLITS = ("test_id", "test_ood")
+
+
+class DivergenceError(RuntimeError):
+    """Training stopped because its loss, gradients or weights stopped being finite."""
 
 
 def make_task(cfg: Config):
@@ -232,7 +244,6 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
     # Only now, with every input checked, does the run get a directory.
     run_dir = run_dir or make_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
     model = wrap_model(model)
     ref_model = None
     if cfg.objective.kl_coef > 0:
@@ -243,8 +254,8 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
                                   weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     engine = HFEngine(model, tokenizer.pad_token_id, tokenizer.eos_token_id)
-    log = MetricsLog(run_dir / "metrics.jsonl")
-    eval_log = MetricsLog(run_dir / "eval_history.jsonl")
+    log = MetricsLog(run_dir / rundir.METRICS)
+    eval_log = MetricsLog(run_dir / rundir.EVAL_HISTORY)
 
     start_step = 0
     # State that the checkpoint carries besides model and optimiser:
@@ -256,13 +267,22 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
     def extra_state() -> dict:
         return {"relift_buffer": buffer, "demo_pool": pool, "control": control}
 
+    def save(step: int) -> None:
+        save_checkpoint(run_dir, model, tokenizer, optimizer, scheduler, step, extra_state(), config=cfg.to_dict(),
+                        keep=cfg.run.keep_checkpoints)
+
     if resume:
-        if not has_checkpoint(run_dir):
-            raise FileNotFoundError(f"no checkpoint in {run_dir} to resume from; start a new run instead")
-        state = load_trainer_state(run_dir)
-        load_model_state(run_dir, model)
+        state = load_checkpoint(run_dir, model)
+        if state.get("config") is not None:  # checkpoints of earlier versions carry no config
+            if config_hash(fixed_part(state["config"])) != config_hash(fixed_part(cfg.to_dict())):
+                check_resume_changes(state["config"], cfg, f"{run_dir / rundir.CONFIG} (edited since the checkpoint?)")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        # optim.lr may change on resume: the schedule scales the new peak from here on
+        scheduler.base_lrs = [cfg.optim.lr for _ in scheduler.base_lrs]
+        for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
+            group["initial_lr"] = cfg.optim.lr
+            group["lr"] = cfg.optim.lr * factor(scheduler.last_epoch)
         set_rng_state(state["rng"])
         start_step = state["step"]
         extra = state["extra"]
@@ -271,10 +291,15 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
         control = dict(extra.get("control", control))
         log.truncate_from(start_step)
         eval_log.truncate_from(start_step + 1)
-        say(f"resumed {run_dir} at step {start_step}")
+        if start_step >= cfg.run.steps and (run_dir / rundir.EVAL).exists():
+            print(f"{run_dir} finished all {cfg.run.steps} steps already; to train longer, resume with "
+                  f"run.steps=N (N > {cfg.run.steps})", file=sys.stderr)
+            return run_dir
+        say(f"resumed {run_dir} at step {start_step} (checkpoint {state['path'].name})")
     else:
         for path in (log.path, eval_log.path):
             path.unlink(missing_ok=True)
+    save_config(cfg, run_dir / rundir.CONFIG)  # on resume, only once the checkpoint has matched it
 
     if not resume:
         with torch.no_grad():
@@ -297,6 +322,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
         bar = tqdm(total=cfg.run.steps, initial=start_step, desc=cfg.run.method, dynamic_ncols=True)
     completed = start_step  # steps whose update is applied and logged
     obj = cfg.objective
+    bad_in_row = 0  # the divergence guard's count of consecutive skipped steps
     try:
         for step in range(start_step, cfg.run.steps):
             factors = step_factors(obj, step, cfg.run.steps, control)
@@ -315,6 +341,8 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
                 if size:
                     buffer += record["all_wrong_prompts"]
             record.pop("all_wrong_prompts")
+            bad_in_row = bad_in_row + 1 if record["skipped"] else 0
+            record["bad_steps_in_row"] = bad_in_row
             record["relift_buffer"] = len(buffer) if size else None
             record["relift_sft_step"] = relift_step
             record.update({f"sasr_{k}": v for k, v in (sasr or {}).items()})
@@ -326,6 +354,8 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
                                                       obj.controller_gain, +1.0)
             log.append(record)
             completed = step + 1
+            if bad_in_row >= cfg.optim.max_bad_steps:
+                raise DivergenceError(divergence_message(cfg, step, bad_in_row, record, run_dir))
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix({k: f"{record[k]:.3g}" for k in ("rollout_acc", "entropy_rollout", "w_sft", "w_rl",
@@ -337,17 +367,27 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
                 eval_log.append({"step": done, **ev, "t_eval": time.perf_counter() - t0})
                 if bar is not None:
                     bar.write(f"step {done}: " + ", ".join(f"{s} acc {ev[s]['acc']:.3f}" for s in ev))
-            if cfg.run.save_every and done % cfg.run.save_every == 0 and done < cfg.run.steps:
-                save_checkpoint(run_dir, model, tokenizer, optimizer, scheduler, done, extra_state())
+            if cfg.run.save_every and done % cfg.run.save_every == 0 and done < cfg.run.steps and not bad_in_row:
+                save(done)
             if stop["now"]:
                 raise KeyboardInterrupt
     except KeyboardInterrupt:
-        done = completed
-        save_checkpoint(run_dir, model, tokenizer, optimizer, scheduler, done, extra_state())
         if bar is not None:
             bar.close()
-        print(f"\ninterrupted: checkpoint saved at step {done} in {run_dir}; "
-              f"continue with: srft train --resume {run_dir}", file=sys.stderr)
+        if bad_in_row:  # the weights are those of the last good step, but that step's state is gone
+            print(f"\ninterrupted after {bad_in_row} skipped steps: no checkpoint saved; "
+                  f"continue from the last one with: srft train --resume {run_dir}", file=sys.stderr)
+            raise
+        try:
+            save(completed)
+            print(f"\ninterrupted: checkpoint saved at step {completed} in {run_dir}; "
+                  f"continue with: srft train --resume {run_dir}", file=sys.stderr)
+        except CheckpointError as e:
+            print(f"\ninterrupted: {e}", file=sys.stderr)
+        raise
+    except DivergenceError:
+        if bar is not None:
+            bar.close()
         raise
     finally:
         if old_handler is not None:
@@ -358,9 +398,10 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
     # ---- the end: final evaluation, model, eval.json, plots, summary
     t0 = time.perf_counter()
     final = evaluate_splits(engine, tokenizer, task, tests, cfg)
+    eval_log.truncate_from(cfg.run.steps)  # a resume of a run killed after its final evaluation
     eval_log.append({"step": cfg.run.steps, **final, "t_eval": time.perf_counter() - t0})
-    save_checkpoint(run_dir, model, tokenizer, optimizer, scheduler, cfg.run.steps, extra_state())
-    save_model(model, tokenizer, run_dir / "model")
+    save(cfg.run.steps)
+    save_model(model, tokenizer, run_dir / rundir.MODEL)
     history = eval_log.read()
     before = history[0]
     splits = list(tests)
@@ -381,7 +422,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
     }
     records = log.read()
     summary["train_time_s"] = sum(r["t_step"] for r in records)
-    (run_dir / "eval.json").write_text(json.dumps(summary, indent=2))
+    rundir.atomic_write_text(run_dir / rundir.EVAL, json.dumps(summary, indent=2))
     close = getattr(task, "close", None)  # e.g. the file task's verifier processes
     if callable(close):
         close()
@@ -390,6 +431,17 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
         plot_run(records, [{"step": h["step"], **{s: h[s] for s in splits}} for h in history], run_dir)
     say(summary_table(summary, records, run_dir))
     return run_dir
+
+
+def divergence_message(cfg: Config, step: int, n_bad: int, record: dict, run_dir: Path) -> str:
+    ckpts = rundir.checkpoint_candidates(run_dir)
+    what_next = (f"its last good checkpoint ({ckpts[0].name}) is kept: resume with a lower learning rate "
+                 f"(srft train --resume {run_dir} optim.lr=...)" if ckpts else
+                 "no checkpoint had been saved yet: start again with a lower optim.lr")
+    return (f"training diverged: steps {step - n_bad + 1}-{step} had a non-finite loss or gradient norm "
+            f"(last: loss {record['loss']:.4g}, grad_norm {record['grad_norm']:.4g}) and were skipped. Likely "
+            f"cause: a learning rate too high for this model (optim.lr={cfg.optim.lr:g}), or a loss coefficient "
+            f"far out of scale; {what_next}")
 
 
 def _main_thread() -> bool:
@@ -642,9 +694,23 @@ def train_step(cfg: Config, step: int, model, ref_model, engine, tokenizer, task
     with timed("optimizer", times):
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
-        optimizer.step()
-        scheduler.step()
-        engine.sync_weights(model)
+        # The divergence guard: a non-finite loss or gradient leaves the weights as they are.
+        skipped = not (math.isfinite(grad_norm) and math.isfinite(sum(sums.values())))
+        if skipped:
+            optimizer.zero_grad(set_to_none=True)
+        else:
+            optimizer.step()
+            bad = non_finite_parameters(model)
+            if bad:
+                raise DivergenceError(f"training diverged: the update of step {step} made {len(bad)} parameters "
+                                      f"non-finite (first: {bad[0]}) although its gradient was finite "
+                                      f"(norm {grad_norm:.3g}); lower optim.lr (now {cfg.optim.lr:g}) and resume "
+                                      f"from the last checkpoint, which is kept")
+        with warnings.catch_warnings():  # torch warns of a scheduler step without an optimiser step
+            warnings.simplefilter("ignore", UserWarning)
+            scheduler.step()  # the schedule follows the step count, skipped steps included
+        if not skipped:
+            engine.sync_weights(model)
 
     # ---- the step's record; accuracy figures are over plain rollouts (no prefix)
     plain_N = (~is_demo_N) & (prefix_N == 0)
@@ -684,6 +750,7 @@ def train_step(cfg: Config, step: int, model, ref_model, engine, tokenizer, task
         **sums,
         "loss": sum(sums.values()),
         "grad_norm": grad_norm,
+        "skipped": skipped,
         "response_len": sum(lengths[i] for i in range(len(seqs)) if not is_demo[i]) / max(n_roll, 1),
         "gen_tokens": gen_tokens,
         "demo_len": (sum(lengths[i] for i in range(len(seqs)) if is_demo[i]) / int(is_demo_N.sum())

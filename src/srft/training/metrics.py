@@ -7,6 +7,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from srft.rundir import atomic_write_text, read_jsonl
+
 
 @contextmanager
 def timed(name: str, times: dict):
@@ -29,11 +31,10 @@ class MetricsLog:
             f.write(json.dumps(record) + "\n")
 
     def read(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return read_jsonl(self.path)
 
     def truncate_from(self, step: int) -> None:
-        """Drop records of ``step`` and later (written after the checkpoint a resumed run starts from)."""
+        """Drop records of ``step`` and later (written after the checkpoint a resumed run starts
+        from). The file is replaced through a temporary one: a kill leaves the old or the new file."""
         kept = [r for r in self.read() if r.get("step", -1) < step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))

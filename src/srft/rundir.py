@@ -1,0 +1,136 @@
+"""The run directory's layout: file names, durable writes, and readers (no torch import).
+
+Training writes a run directory; ``srft compare`` and ``srft analyze`` read it. They
+all take the names from here::
+
+    RUN_DIR/
+      config.yaml            the resolved config (what ``--resume`` continues)
+      metrics.jsonl          one record per optimiser step
+      eval_history.jsonl     one record per evaluation (step 0 = before training)
+      eval.json              the summary, written last: its presence means "finished"
+      model/                 the final model as a Hugging Face directory
+      checkpoints/
+        step-000200/         a complete resumable checkpoint (meta.json, trainer.pt, ...)
+        step-000300/
+        latest               the name of the newest complete checkpoint
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+EVAL_HISTORY = "eval_history.jsonl"
+EVAL = "eval.json"
+MODEL = "model"
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+CKPT_META = "meta.json"  # {"step": ..., "config_hash": ...}: readable without torch
+LEGACY_CHECKPOINT = "checkpoint"  # the single checkpoint directory of earlier versions
+
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+# --------------------------------------------------------------------------- durable writes
+def fsync_path(path: Path) -> None:
+    """Flush a file or a directory entry list to disk (a rename is durable once its directory is)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file and directory under ``root``, then ``root`` itself."""
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            fsync_path(Path(dirpath) / name)
+        fsync_path(Path(dirpath))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so that a reader (or a kill) sees the old or the new file, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_path(path.parent)
+
+
+# --------------------------------------------------------------------------- checkpoints
+def checkpoint_candidates(run_dir: Path) -> list[Path]:
+    """Checkpoint directories to try when resuming, best first: the one ``latest`` names, then
+    every other ``step-N`` from the newest, then an earlier version's ``checkpoint/``.
+
+    Only directories that hold the files of a finished save are listed; whether their files
+    load is for the loader to find out.
+    """
+    root = Path(run_dir) / CHECKPOINTS
+    steps = []
+    if root.is_dir():
+        for p in root.iterdir():
+            m = _STEP_DIR.match(p.name)
+            if m and p.is_dir() and is_complete_checkpoint(p):
+                steps.append((int(m.group(1)), p))
+    ordered = [p for _, p in sorted(steps, reverse=True)]
+    latest = root / LATEST
+    if latest.is_file():
+        named = root / latest.read_text().strip()
+        if named in ordered:
+            ordered.remove(named)
+            ordered.insert(0, named)
+    legacy = Path(run_dir) / LEGACY_CHECKPOINT
+    if is_complete_checkpoint(legacy):
+        ordered.append(legacy)
+    return ordered
+
+
+def is_complete_checkpoint(path: Path) -> bool:
+    return (path / "trainer.pt").is_file() and (path / "model_state.pt").is_file()
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    return bool(checkpoint_candidates(run_dir))
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step a checkpoint directory was saved at (from its meta.json), None if unknown."""
+    try:
+        return int(json.loads((path / CKPT_META).read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+# --------------------------------------------------------------------------- readers
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON-lines file; a last line cut short by a kill is skipped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    out = []
+    lines = path.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break  # a partial last line: the write it belonged to never finished
+            raise
+    return out
+
+
+def is_finished(run_dir: Path) -> bool:
+    return (Path(run_dir) / EVAL).exists()

@@ -200,6 +200,9 @@ class OptimConfig:
     warmup_steps: int = _f(10, "Linear learning-rate warm-up steps.", range='[0, inf)')
     schedule: Literal["constant", "cosine"] = _f("constant", "Learning-rate schedule after warm-up.")
     micro_batch: int = _f(64, "Sequences per forward/backward pass (gradient accumulation over the step).", range='(0, inf)')
+    max_bad_steps: int = _f(3, "Divergence guard: a step whose loss or gradient norm is not finite is skipped "
+                               "(no update); after this many such steps in a row the run stops, keeping its "
+                               "last good checkpoint.", range='(0, inf)')
 
 
 @dataclass

@@ -402,6 +402,9 @@ def test_altered_golds_score_zero_all(verifier):
         "#### " * 20000,
         "The answer is" + " " * 100000,
         "\\boxed{" + "\\\\" * 50000,
+        "**B** is " * 20000,  # the "is correct" phrase, never completed
+        "I choose " * 20000,
+        "Answer: B is " * 10000,
     ],
 )
 def test_extraction_is_linear_on_adversarial_text(text):

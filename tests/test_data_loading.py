@@ -111,7 +111,7 @@ def test_missing_answer_and_bad_prompt_are_reported(tmp_path):
     assert len(kept) == 3
     assert report.summary == "kept 3 of 6 rows: 2 no answer, 1 malformed prompt"
     assert report.examples["no answer"] == [1, 4]
-    with pytest.raises(DataError, match=r"row 1.*row 4"):
+    with pytest.raises(DataError, match=r"2 no answer \(rows 1, 4: .*1 malformed prompt \(row 3: "):
         load_rows(path, strict=True)
 
 

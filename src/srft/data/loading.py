@@ -146,7 +146,7 @@ def normalize_row(raw: dict, index: int, default_source: str = "") -> tuple[dict
         return None, (index, REASON_BAD_PROMPT, why)
     answer = _norm_answer(raw)
     if answer is None:
-        return None, (index, REASON_NO_ANSWER, "no answer / reward_model.ground_truth")
+        return None, (index, REASON_NO_ANSWER, "no 'answer' or 'reward_model.ground_truth'")
     extra = raw.get("extra_info")
     if isinstance(extra, dict) and extra.get("prompt_is_text") and isinstance(prompt, list) and len(prompt) == 1:
         prompt = prompt[0]["content"]  # written from a string prompt by export_rows
@@ -366,11 +366,17 @@ def iter_rows(path: str | os.PathLike, *, max_rows: int | None = None, problems:
 
 
 def _describe_problems(problems: list, limit: int = 5) -> str:
+    """'2 no answer (rows 1, 4: no 'answer' or ...), 1 malformed prompt (row 3: ...)': the first
+    ``limit`` rows of each reason, those with the same detail said once."""
     counts = Counter(p[1] for p in problems)
     parts = []
     for reason, n in counts.most_common():
         first = [p for p in problems if p[1] == reason][:limit]
-        where = "; ".join(f"row {i}: {d}" for i, _, d in first)
+        by_detail: dict[str, list[int]] = {}
+        for i, _, d in first:
+            by_detail.setdefault(d, []).append(i)
+        where = "; ".join(f"{'rows' if len(idx) > 1 else 'row'} {', '.join(map(str, idx))}: {d}"
+                          for d, idx in by_detail.items())
         more = f"; ... ({n - len(first)} more)" if n > len(first) else ""
         parts.append(f"{n} {reason} ({where}{more})")
     return ", ".join(parts)

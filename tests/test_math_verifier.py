@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import threading
@@ -498,3 +499,20 @@ def test_closed_verifier_reopens():
     v.close()
     assert v.score_batch([r"\boxed{\frac{3}{6}}"], ["0.5"])[0].reward == 1.0
     v.close()
+
+
+def test_file_task_credits_think_answers_only_when_configured(tmp_path):
+    from srft.config import load_config
+    from srft.training.loop import make_task
+
+    data = tmp_path / "train.jsonl"
+    data.write_text(json.dumps({"prompt": "1+1?", "answer": "2"}) + "\n")
+    completion = "<think>so \\boxed{2}</think> done."
+    for flag, reward in (("false", 0.0), ("true", 1.0)):
+        cfg = load_config("srft", None, ["data.task=file", f"data.train_file={data}", "data.verifier_workers=1",
+                                         f"data.verifier_think_answers={flag}"])
+        task = make_task(cfg)
+        try:
+            assert task.verify(completion, "2").reward == reward, flag
+        finally:
+            task.close()

@@ -105,6 +105,8 @@ class DataConfig:
     reward: Literal["auto", "math", "choice"] = _f("auto", "With task=file: the verifier; auto = choice for one-letter answers, else math.")
     verifier_workers: int = _f(2, "With task=file: verifier processes.", range='(0, inf)')
     verifier_timeout: float = _f(5.0, "With task=file: seconds per verification before it scores 0.", range='(0, inf)')
+    verifier_think_answers: bool = _f(False, "With task=file: credit an answer found only inside <think>...</think> "
+                                             "(off: a reasoning model must state its answer after the reasoning).")
     template: Literal["auto", "plain", "chat", "reasoning"] = _f(
         "auto", "Prompt template: auto (strings as is, messages via the chat template), plain, chat, or reasoning "
         "(the <think>/\\boxed{} system prompt first).")

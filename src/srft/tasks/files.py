@@ -21,7 +21,7 @@ class FileTask:
     name = "file"
 
     def __init__(self, train_file: str | None, test_files: dict[str, str | None] | None = None,
-                 reward: str = "auto", workers: int = 2, timeout_s: float = 5.0):
+                 reward: str = "auto", workers: int = 2, timeout_s: float = 5.0, think_answers: bool = False):
         from srft.data.loading import DataError
 
         if train_file is None:
@@ -35,6 +35,7 @@ class FileTask:
         self.reward = reward
         self.workers = workers
         self.timeout_s = timeout_s
+        self.think_answers = think_answers
         self._rows: dict[str, list[dict]] = {}
         self._verifier = None
         # Read every file now: a corrupt or unusable file fails here, before a model is
@@ -76,7 +77,8 @@ class FileTask:
         if self._verifier is None:
             from srft.rewards import Verifier
 
-            self._verifier = Verifier(kind=self.reward, workers=self.workers, timeout_s=self.timeout_s)
+            self._verifier = Verifier(kind=self.reward, workers=self.workers, timeout_s=self.timeout_s,
+                                      think_answers=self.think_answers)
         return self._verifier
 
     def verify(self, completion: str, answer: str) -> Score:

@@ -72,8 +72,8 @@ def test_context_window_error(tiny_model_dir):
 
 
 def test_tokenizer_without_pad_token_gets_eos(tiny_model_dir, tmp_path):
-    import shutil
     import json
+    import shutil
 
     d = tmp_path / "nopad"
     shutil.copytree(tiny_model_dir, d)

@@ -18,7 +18,7 @@ from srft.config import ConfigError, load_config
 from srft.training import checkpoint as ckpt_mod
 from srft.training import loop as loop_mod
 from srft.training.checkpoint import CheckpointError
-from srft.training.loop import DivergenceError, train
+from srft.training.loop import train
 
 
 def _cfg(model_dir, out, *extra, preset="srft"):
@@ -151,9 +151,9 @@ def _nan_at(monkeypatch, steps):
     current = {"step": None}
     real_step = loop_mod.train_step
 
-    def step_spy(cfg, step, *a, **kw):
-        current["step"] = step
-        return real_step(cfg, step, *a, **kw)
+    def step_spy(t, plan, *a, **kw):
+        current["step"] = plan.step
+        return real_step(t, plan, *a, **kw)
 
     def agg(t, *a, **kw):
         out = real(t, *a, **kw)

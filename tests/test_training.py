@@ -121,9 +121,9 @@ def test_bad_rows_are_reported(tiny_model_dir, tmp_path):
                     '{"prompt": "3+3=", "answer": "6", "demonstration": "' + "x" * 500 + '"}\n')
     cfg = _cfg(tiny_model_dir, tmp_path, "srft", "data.task=file", f"data.train_file={rows}", "data.train_size=0",
                "data.too_long=drop", "run.steps=0", "run.plots=false", "data.verifier_workers=1")
+    from srft.models.loading import load_tokenizer
     from srft.tasks.files import FileTask
     from srft.training.data import encode_rows
-    from srft.models.loading import load_tokenizer
 
     task = FileTask(str(rows), workers=1)
     tok = load_tokenizer(tiny_model_dir)

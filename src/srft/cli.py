@@ -316,9 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from srft.config import ConfigError
+    from srft.data.loading import DataError
     from srft.models.loading import ModelError
     from srft.tasks import TaskError
-    from srft.data.loading import DataError
 
     args = build_parser().parse_args(argv)
     try:

@@ -110,11 +110,13 @@ class DataConfig:
     template: Literal["auto", "plain", "chat", "reasoning"] = _f(
         "auto", "Prompt template: auto (strings as is, messages via the chat template), plain, chat, or reasoning "
         "(the <think>/\\boxed{} system prompt first).")
-    train_size: int = _f(4000, "Training prompts: generated (built-in/plugin tasks); for files, a random subset of this many (0 = all).", range='[0, inf)')
+    train_size: int = _f(4000, "Training prompts: generated (built-in/plugin tasks); for files, a random subset "
+                               "of this many (0 = all).", range='[0, inf)')
     test_size: int = _f(128, "Prompts in each test split for evaluation (for files: a random subset, 0 = all).", range='[0, inf)')
     seed: int = _f(1234, "Seed of the task's instance generator.", range=SEED_RANGE)
     max_prompt_tokens: int = _f(64, "Prompts longer than this are dropped (counted in the data summary).", range='(0, inf)')
-    max_response_tokens: int = _f(96, "Maximum response length: rollouts stop here; demonstrations over it are handled by 'too_long'.", range='(0, inf)')
+    max_response_tokens: int = _f(96, "Maximum response length: rollouts stop here; demonstrations over it are "
+                                      "handled by 'too_long'.", range='(0, inf)')
     too_long: Literal["drop", "truncate"] = _f("drop", "What to do with a demonstration longer than max_response_tokens.")
 
 
@@ -150,7 +152,8 @@ class ObjectiveConfig:
         "per token (phi), c_rl times a schedule from 1 to rl_schedule_end (linear, cosine), or c_rl times a factor "
         "a controller moves to hold rollout entropy near entropy_target (target; it lowers w_RL while entropy is "
         "below the target, since reinforcing own samples sharpens the policy).")
-    sft_schedule_end: float = _f(0.0, "sft_weight=linear/cosine: the multiplier of c_sft at the last step (it starts at 1).", range='[0, inf)')
+    sft_schedule_end: float = _f(0.0, "sft_weight=linear/cosine: the multiplier of c_sft at the last step "
+                                      "(it starts at 1).", range='[0, inf)')
     rl_schedule_end: float = _f(0.0, "rl_weight=linear/cosine: the multiplier of c_rl at the last step (it starts at 1).", range='[0, inf)')
     entropy_target: float = _f(0.3, "sft_weight/rl_weight=target: the rollout entropy (nats per token) to hold.", range='[0, inf)')
     controller_gain: float = _f(0.5, "sft_weight/rl_weight=target: each step the log of the factor moves by "
@@ -169,7 +172,8 @@ class ObjectiveConfig:
     mu_valley: float = _f(0.05, "mix=chord: mu after the cosine decay (and throughout when there is no warm-up or decay).", range='[0, 1]')
     mu_warmup_steps: int = _f(0, "mix=chord: steps of linear warm-up of mu from 0 to mu_peak.", range='[0, inf)')
     mu_decay_steps: int = _f(0, "mix=chord: steps of cosine decay of mu from mu_peak to mu_valley after the warm-up.", range='[0, inf)')
-    entropy_granularity: Literal["token", "sequence", "batch"] = _f("sequence", "Entropy H used in the weights: per token, per sequence mean, or batch mean.")
+    entropy_granularity: Literal["token", "sequence", "batch"] = _f(
+        "sequence", "Entropy H used in the weights: per token, per sequence mean, or batch mean.")
     entropy_coef: float = _f(0.001, "Entropy bonus coefficient (loss -= coef * entropy).", range='(-inf, inf)')
     kl_coef: float = _f(0.0, "KL penalty to the frozen initial model (k3 estimator); 0 = no reference model.", range='[0, inf)')
     kl_estimator: Literal["k3", "full"] = _f(

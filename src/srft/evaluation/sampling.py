@@ -6,6 +6,7 @@ The same function serves the periodic evaluation during training and ``srft eval
 from __future__ import annotations
 
 import math
+
 from srft.rollout.engine import RolloutEngine
 
 

@@ -79,7 +79,8 @@ def get_task(spec: str, **kwargs) -> Task:
         task = obj
     missing = [m for m in ("generate", "verify") if not callable(getattr(task, m, None))]
     if missing:
-        raise TaskError(f"{where} is not a task: missing method(s) {', '.join(missing)} (a task needs generate(split, n, seed) and verify(completion, answer))")
+        raise TaskError(f"{where} is not a task: missing method(s) {', '.join(missing)} "
+                        f"(a task needs generate(split, n, seed) and verify(completion, answer))")
     if not getattr(task, "name", None):
         try:
             task.name = spec.rpartition(":")[2] or spec

@@ -1,16 +1,20 @@
 """The training loop: one function, every method.
 
-Each step:
+Each step is planned, collected, updated and recorded:
 
-1. sample ``prompts_per_step`` prompts (a seeded permutation per epoch, so the data
-   position is a function of the step and a resumed run sees the same prompts);
-2. generate ``n`` rollouts per prompt with the rollout engine (phase ``generate``);
-3. score rollouts and demonstrations with the task's verifier (phase ``score``);
-4. build each prompt's augmented group (rollouts + its demonstration) and the group
-   advantages over it;
-5. forward/backward in micro-batches, the per-token terms of ``srft.objective`` reduced
-   with the step's global counts (phase ``forward_backward``);
-6. clip the gradient norm and step the optimiser and the schedule (phase ``optimizer``).
+- plan: the step-level methods (``srft.training.methods``: weight schedules and the
+  target-entropy controller, two-stage SFT, SASR's draw, ReLIFT's buffer) set the step's
+  objective, prompts and weight factors in a ``StepPlan``;
+- ``collect``: sample ``prompts_per_step`` prompts (a seeded permutation per epoch, so the
+  data position is a function of the step and a resumed run sees the same prompts),
+  generate ``n`` rollouts per prompt with the rollout engine (phase ``generate``), score
+  rollouts and demonstrations with the task's verifier (phase ``score``), and build each
+  prompt's augmented group (rollouts + its demonstration) with its advantages: one
+  ``StepBatch``;
+- ``update``: forward/backward in micro-batches, the per-token terms of ``srft.objective``
+  reduced with the step's global counts (phase ``forward_backward``), then clip the
+  gradient norm and step the optimiser and the schedule (phase ``optimizer``);
+- ``make_record``: the step's line of ``metrics.jsonl``, which the methods then observe.
 
 Periodic evaluation on the test splits, periodic checkpoints, and ``resume`` from the
 last one (model, optimiser, scheduler, RNG states, step; the data position follows from
@@ -50,7 +54,6 @@ Departures from the paper (the objective's own are in ``srft.objective.losses``)
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import random
@@ -58,29 +61,21 @@ import signal
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from srft import rundir
 from srft.config import Config, ObjectiveConfig, save_config
 from srft.models.loading import check_context, load_model_and_tokenizer, save_model, wrap_model
-from srft.objective import (
-    TERMS,
-    agg_loss,
-    controller_update,
-    group_advantages,
-    kl_full,
-    token_logprobs_and_entropy,
-    token_losses,
-    weight_factor,
-)
+from srft.objective import TERMS, agg_loss, kl_full, token_logprobs_and_entropy, token_losses
 from srft.rollout.engine import HFEngine
 from srft.tasks import get_task
 from srft.tasks.base import verify_all
 from srft.tasks.files import FileTask
-from srft import rundir
 from srft.training.checkpoint import (
     CheckpointError,
     config_hash,
@@ -89,9 +84,18 @@ from srft.training.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from srft.training.resume import check_resume_changes, fixed_part
 from srft.training.data import Example, encode_rows
+from srft.training.methods import (
+    DemoPool,
+    StepPlan,
+    build_step_methods,
+    load_methods_state,
+    methods_state,
+    sft_objective,  # noqa: F401  (part of this module's interface)
+)
 from srft.training.metrics import MetricsLog, timed
+from srft.training.resume import check_resume_changes, fixed_part
+from srft.training.step_batch import StepBatch
 
 TEST_SPLITS = ("test_id", "test_ood")
 
@@ -105,7 +109,7 @@ def make_task(cfg: Config):
     d = cfg.data
     if d.task == "file":
         return FileTask(d.train_file, {"test_id": d.test_id_file, "test_ood": d.test_ood_file}, d.reward,
-                        d.verifier_workers, d.verifier_timeout)
+                        d.verifier_workers, d.verifier_timeout, d.verifier_think_answers)
     return get_task(d.task)
 
 
@@ -217,6 +221,22 @@ def _evaluate_splits(engine, tokenizer, task, tests: dict[str, list[Example]], c
 # --------------------------------------------------------------------------- the loop
 
 
+@dataclass
+class Trainer:
+    """What every phase of a step works with."""
+
+    cfg: Config
+    model: torch.nn.Module
+    ref_model: torch.nn.Module | None
+    engine: object
+    tokenizer: object
+    task: object
+    train_set: list[Example]
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    device: torch.device
+
+
 def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Path:
     """Train as ``cfg`` says; return the run directory. ``resume`` continues ``run_dir``'s checkpoint."""
     if cfg.model.threads > 0:
@@ -254,48 +274,26 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
                                   weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     engine = HFEngine(model, tokenizer.pad_token_id, tokenizer.eos_token_id)
+    t = Trainer(cfg, model, ref_model, engine, tokenizer, task, train_set, optimizer, scheduler, device)
+    methods = build_step_methods(cfg, lambda step: sft_gradient_norm(t, step_prompts(t, step)))
+    pool = next(m for m in methods if isinstance(m, DemoPool))
     log = MetricsLog(run_dir / rundir.METRICS)
     eval_log = MetricsLog(run_dir / rundir.EVAL_HISTORY)
 
-    start_step = 0
-    # State that the checkpoint carries besides model and optimiser:
-    buffer: list[int] = []  # ReLIFT: train-set indices of prompts whose rollouts all failed
-    pool: dict[int, list[int]] = {}  # demo_source self/mixed: shortest correct own rollout per prompt
-    control = {"log_sft": 0.0, "log_rl": 0.0,  # target-entropy controller: log of each weight's factor
-               "sasr_g0_sum": 0.0, "sasr_g0_n": 0}  # SASR: warm-up SFT gradient norms
-
-    def extra_state() -> dict:
-        return {"relift_buffer": buffer, "demo_pool": pool, "control": control}
-
     def save(step: int) -> None:
-        save_checkpoint(run_dir, model, tokenizer, optimizer, scheduler, step, extra_state(), config=cfg.to_dict(),
-                        keep=cfg.run.keep_checkpoints)
+        save_checkpoint(run_dir, model, tokenizer, optimizer, scheduler, step, methods_state(methods),
+                        config=cfg.to_dict(), keep=cfg.run.keep_checkpoints)
 
+    start_step = 0
     if resume:
-        state = load_checkpoint(run_dir, model)
-        if state.get("config") is not None:  # checkpoints of earlier versions carry no config
-            if config_hash(fixed_part(state["config"])) != config_hash(fixed_part(cfg.to_dict())):
-                check_resume_changes(state["config"], cfg, f"{run_dir / rundir.CONFIG} (edited since the checkpoint?)")
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        # optim.lr may change on resume: the schedule scales the new peak from here on
-        scheduler.base_lrs = [cfg.optim.lr for _ in scheduler.base_lrs]
-        for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
-            group["initial_lr"] = cfg.optim.lr
-            group["lr"] = cfg.optim.lr * factor(scheduler.last_epoch)
-        set_rng_state(state["rng"])
-        start_step = state["step"]
-        extra = state["extra"]
-        buffer = list(extra.get("relift_buffer", []))
-        pool = {int(k): v for k, v in extra.get("demo_pool", {}).items()}
-        control = dict(extra.get("control", control))
+        start_step = restore(t, methods, run_dir)
         log.truncate_from(start_step)
         eval_log.truncate_from(start_step + 1)
         if start_step >= cfg.run.steps and (run_dir / rundir.EVAL).exists():
             print(f"{run_dir} finished all {cfg.run.steps} steps already; to train longer, resume with "
                   f"run.steps=N (N > {cfg.run.steps})", file=sys.stderr)
             return run_dir
-        say(f"resumed {run_dir} at step {start_step} (checkpoint {state['path'].name})")
+        say(f"resumed {run_dir} at step {start_step}")
     else:
         for path in (log.path, eval_log.path):
             path.unlink(missing_ok=True)
@@ -321,37 +319,20 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
         from tqdm import tqdm
         bar = tqdm(total=cfg.run.steps, initial=start_step, desc=cfg.run.method, dynamic_ncols=True)
     completed = start_step  # steps whose update is applied and logged
-    obj = cfg.objective
     bad_in_row = 0  # the divergence guard's count of consecutive skipped steps
     try:
         for step in range(start_step, cfg.run.steps):
-            factors = step_factors(obj, step, cfg.run.steps, control)
-            size = obj.relift_buffer
-            relift_step = bool(size) and len(buffer) >= size
-            sasr = sasr_choice(cfg, step, model, tokenizer, train_set, device, control) if obj.sasr_warmup_steps                 else None
-            if relift_step:  # ReLIFT: fine-tune on the hardest prompts' demonstrations
-                sft_idx, buffer = buffer[:size], buffer[size:]
-                record = train_step(cfg, step, model, ref_model, engine, tokenizer, task, train_set, optimizer,
-                                    scheduler, device, idx=sft_idx, obj=sft_objective(obj), factors=factors,
-                                    pool=pool)
-            else:
-                step_obj = sft_objective(obj) if sasr and sasr["sft"] else None
-                record = train_step(cfg, step, model, ref_model, engine, tokenizer, task, train_set, optimizer,
-                                    scheduler, device, obj=step_obj, factors=factors, pool=pool)
-                if size:
-                    buffer += record["all_wrong_prompts"]
+            plan = StepPlan(step, cfg.objective)
+            for m in methods:
+                m.plan(plan)
+            record = train_step(t, plan, pool)
+            for m in methods:
+                m.observe(record)
             record.pop("all_wrong_prompts")
+            record.setdefault("relift_buffer", None)
+            record.setdefault("relift_sft_step", False)
             bad_in_row = bad_in_row + 1 if record["skipped"] else 0
             record["bad_steps_in_row"] = bad_in_row
-            record["relift_buffer"] = len(buffer) if size else None
-            record["relift_sft_step"] = relift_step
-            record.update({f"sasr_{k}": v for k, v in (sasr or {}).items()})
-            if "target" in (obj.sft_weight, obj.rl_weight):
-                h = record["entropy_rollout"]
-                control["log_sft"] = controller_update(control["log_sft"], h, obj.entropy_target,
-                                                       obj.controller_gain, -1.0)
-                control["log_rl"] = controller_update(control["log_rl"], h, obj.entropy_target,
-                                                      obj.controller_gain, +1.0)
             log.append(record)
             completed = step + 1
             if bad_in_row >= cfg.optim.max_bad_steps:
@@ -433,6 +414,25 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
     return run_dir
 
 
+def restore(t: Trainer, methods: list, run_dir: Path) -> int:
+    """Load the checkpoint of ``run_dir`` into the trainer and the methods; return its step."""
+    cfg = t.cfg
+    state = load_checkpoint(run_dir, t.model)
+    if state.get("config") is not None:  # checkpoints of earlier versions carry no config
+        if config_hash(fixed_part(state["config"])) != config_hash(fixed_part(cfg.to_dict())):
+            check_resume_changes(state["config"], cfg, f"{run_dir / rundir.CONFIG} (edited since the checkpoint?)")
+    t.optimizer.load_state_dict(state["optimizer"])
+    t.scheduler.load_state_dict(state["scheduler"])
+    # optim.lr may change on resume: the schedule scales the new peak from here on
+    t.scheduler.base_lrs = [cfg.optim.lr for _ in t.scheduler.base_lrs]
+    for group, factor in zip(t.optimizer.param_groups, t.scheduler.lr_lambdas):
+        group["initial_lr"] = cfg.optim.lr
+        group["lr"] = cfg.optim.lr * factor(t.scheduler.last_epoch)
+    set_rng_state(state["rng"])
+    load_methods_state(methods, state["extra"])
+    return state["step"]
+
+
 def divergence_message(cfg: Config, step: int, n_bad: int, record: dict, run_dir: Path) -> str:
     ckpts = rundir.checkpoint_candidates(run_dir)
     what_next = (f"its last good checkpoint ({ckpts[0].name}) is kept: resume with a lower learning rate "
@@ -470,13 +470,225 @@ def summary_table(summary: dict, records: list[dict], run_dir: Path) -> str:
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- one step
+# --------------------------------------------------------------------------- one step: collect, update, record
 
 
-def sft_objective(obj: ObjectiveConfig) -> ObjectiveConfig:
-    """Plain cross-entropy on demonstrations: the SFT stage of two-stage runs and ReLIFT's SFT steps."""
-    return dataclasses.replace(obj, demonstrations=True, sft_coef=1.0, sft_weight="constant", offpolicy_coef=0.0,
-                               self_rollout="none", entropy_coef=0.0, kl_coef=0.0, mix="add")
+def train_step(t: Trainer, plan: StepPlan, pool: DemoPool) -> dict:
+    """One optimiser step as ``plan`` says; returns the step's record."""
+    times: dict[str, float] = {}
+    t_start = time.perf_counter()
+    batch = collect(t, plan, pool, times)
+    stats = update(t, batch, plan, times)
+    return make_record(t, batch, stats, plan, pool, times, time.perf_counter() - t_start)
+
+
+def step_prompts(t: Trainer, step: int) -> list[Example]:
+    return [t.train_set[i] for i in prompts_for_step(len(t.train_set), step, t.cfg.rollout.prompts_per_step,
+                                                     t.cfg.run.seed)]
+
+
+def collect(t: Trainer, plan: StepPlan, pool: DemoPool, times: dict) -> StepBatch:
+    """Rollouts of the step's prompts, scored, with their demonstrations and group advantages."""
+    cfg, obj = t.cfg, plan.objective
+    idx = plan.idx if plan.idx is not None else prompts_for_step(len(t.train_set), plan.step,
+                                                                 cfg.rollout.prompts_per_step, cfg.run.seed)
+    examples = [t.train_set[i] for i in idx]
+    prompt_ids = [e.prompt_ids for e in examples]  # tokenised on use, once per step
+    expert_ids = [e.demo_ids for e in examples]
+    n_prefixed = obj.prefix_rollouts
+    n_plain = cfg.rollout.n - n_prefixed
+    with timed("generate", times):
+        responses, prefixes, continuations = generate_rollouts(t, plan, prompt_ids, expert_ids, n_plain, n_prefixed)
+
+    batch = StepBatch(idx=idx, n_plain=n_plain, n_prefixed=n_prefixed)
+    for g, (ex, p_ids) in enumerate(zip(examples, prompt_ids)):
+        for r in responses[g]:
+            batch.add(p_ids, r, g, ex.answer)
+        for c in continuations[g]:
+            batch.add(p_ids, prefixes[g] + c, g, ex.answer, prefix_len=len(prefixes[g]))
+    decode = lambda ids: t.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+    with timed("score", times):
+        scores = verify_all(t.task, [decode(r) for r in batch.responses], batch.answers)
+        # Own correct rollouts feed the pool before demonstrations are picked, so that with
+        # demo_source self/mixed a prompt solved for the first time has its demonstration at once.
+        pos = 0
+        for g in range(len(examples)):
+            batch.plain_ok.append([scores[pos + j].reward > 0 for j in range(len(responses[g]))])
+            pos += len(responses[g]) + len(continuations[g])
+        if obj.demo_source != "expert":
+            pool.add(idx, responses, batch.plain_ok)
+        demos = []
+        if obj.demonstrations:
+            for g, (i, p_ids) in enumerate(zip(idx, prompt_ids)):
+                d_ids, where = pick_demo(obj.demo_source, expert_ids[g], pool.get(i))
+                batch.demo_from[where] += 1
+                if d_ids is not None:
+                    demos.append((g, p_ids, d_ids))
+        demo_scores = verify_all(t.task, [decode(d) for _, _, d in demos],
+                                 [examples[g].answer for g, _, _ in demos]) if demos else []
+    for g, p_ids, d_ids in demos:
+        batch.add(p_ids, d_ids, g, examples[g].answer, is_demo=True)
+    batch.finish(list(scores) + list(demo_scores), obj.adv_norm, obj.adv_eps)
+    return batch
+
+
+def generate_rollouts(t: Trainer, plan: StepPlan, prompt_ids, expert_ids, n_plain: int, n_prefixed: int):
+    """(responses, prefixes, continuations): n_plain plain rollouts per prompt and, for
+    Prefix-RFT, n_prefixed continuations of a demonstration prefix."""
+    cfg = t.cfg
+    max_new = cfg.data.max_response_tokens
+    responses = t.engine.generate(prompt_ids, n_plain, max_new, cfg.rollout.temperature, cfg.rollout.top_p) \
+        if n_plain else [[] for _ in prompt_ids]
+    prefixes: list[list[int]] = [[] for _ in prompt_ids]
+    continuations: list[list[list[int]]] = [[] for _ in prompt_ids]
+    if n_prefixed:  # continue from the first ratio * len tokens of the demonstration
+        ratio = prefix_ratio(plan.objective, plan.step, cfg.run.steps)
+        for g, d_ids in enumerate(expert_ids):
+            if d_ids:
+                prefixes[g] = d_ids[:min(round(ratio * len(d_ids)), len(d_ids) - 1)]
+        continuations = t.engine.generate([p + pre for p, pre in zip(prompt_ids, prefixes)], n_prefixed,
+                                          max_new, cfg.rollout.temperature, cfg.rollout.top_p)
+        # a prefix eats into the response budget
+        continuations = [[c[:max_new - len(pre)] for c in cs] for pre, cs in zip(prefixes, continuations)]
+    return responses, prefixes, continuations
+
+
+def update(t: Trainer, batch: StepBatch, plan: StepPlan, times: dict) -> dict:
+    """Forward/backward in micro-batches with the step's global counts, then the optimiser step
+    (skipped, the divergence guard, when the loss or the gradient norm is not finite)."""
+    cfg = t.cfg
+    lengths = batch.lengths
+    # Global counts so that micro-batch losses add up to the step's loss.
+    counts = dict(num_tokens=float(sum(lengths)), num_seqs=float(len(lengths)), max_len=cfg.data.max_response_tokens)
+    stats = {f"loss_{n}": 0.0 for n in TERMS}
+    stats.update({k: 0.0 for k in ("ent_roll", "ent_demo", "tok_roll", "tok_demo", "w_sft", "w_rl", "prob_demo")})
+    t.optimizer.zero_grad(set_to_none=True)
+    with timed("forward_backward", times):
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])  # similar lengths share a micro-batch
+        for start in range(0, len(order), cfg.optim.micro_batch):
+            micro_batch_step(t, batch, order[start:start + cfg.optim.micro_batch], plan, counts, stats)
+    with timed("optimizer", times):
+        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(t.model.parameters(), clip))
+        loss = sum(stats[f"loss_{n}"] for n in TERMS)
+        skipped = not (math.isfinite(grad_norm) and math.isfinite(loss))
+        if skipped:
+            t.optimizer.zero_grad(set_to_none=True)
+        else:
+            t.optimizer.step()
+            bad = non_finite_parameters(t.model)
+            if bad:
+                raise DivergenceError(f"training diverged: the update of step {plan.step} made {len(bad)} "
+                                      f"parameters non-finite (first: {bad[0]}) although its gradient was finite "
+                                      f"(norm {grad_norm:.3g}); lower optim.lr (now {cfg.optim.lr:g}) and resume "
+                                      f"from the last checkpoint, which is kept")
+        with warnings.catch_warnings():  # torch warns of a scheduler step without an optimiser step
+            warnings.simplefilter("ignore", UserWarning)
+            t.scheduler.step()  # the schedule follows the step count, skipped steps included
+        if not skipped:
+            t.engine.sync_weights(t.model)
+    stats.update(grad_norm=grad_norm, skipped=skipped)
+    return stats
+
+
+def micro_batch_step(t: Trainer, batch: StepBatch, ids: list[int], plan: StepPlan, counts: dict,
+                     stats: dict) -> None:
+    """Forward and backward of the sequences ``ids``; their reduced terms and figures go to ``stats``."""
+    obj = plan.objective
+    mb = pad_batch([batch.seqs[i] for i in ids], t.tokenizer.pad_token_id, t.device)
+    mask_BT = mb["mask_BT"]
+    logits_BTV = response_logits(t.model, mb)
+    logp_BT, ent_BT = token_logprobs_and_entropy(logits_BTV, mb["tokens_BT"])
+    ref_BT = kl_BT = None
+    if t.ref_model is not None:
+        with torch.no_grad():
+            ref_logits_BTV = response_logits(t.ref_model, mb)
+        ref_BT, _ = token_logprobs_and_entropy(ref_logits_BTV, mb["tokens_BT"])
+        if obj.kl_estimator == "full":
+            kl_BT = kl_full(torch.log_softmax(logits_BTV.float(), -1), torch.log_softmax(ref_logits_BTV.float(), -1))
+        del ref_logits_BTV
+    demo_B = batch.is_demo_N[ids].to(t.device)
+    terms, weights = token_losses(obj, logp_BT, ent_BT, mask_BT, demo_B, batch.correct_N[ids].to(t.device),
+                                  batch.adv_N[ids].to(t.device), None, ref_BT, step=plan.step,
+                                  sft_factor=plan.factors[0], rl_factor=plan.factors[1],
+                                  prefix_len_B=batch.prefix_N[ids].to(t.device) if batch.n_prefixed else None,
+                                  kl_BT=kl_BT)
+    reduced = {n: agg_loss(v, mask_BT, obj.loss_agg, **counts) for n, v in terms.items()}
+    sum(reduced.values()).backward()
+    with torch.no_grad():  # the micro-batch's share of the step's figures
+        for n, v in reduced.items():
+            stats[f"loss_{n}"] += float(v)
+        demo_BT = mask_BT * demo_B.unsqueeze(-1)
+        roll_BT = mask_BT - demo_BT
+        stats["ent_roll"] += float((ent_BT * roll_BT).sum())
+        stats["ent_demo"] += float((ent_BT * demo_BT).sum())
+        stats["tok_roll"] += float(roll_BT.sum())
+        stats["tok_demo"] += float(demo_BT.sum())
+        stats["w_sft"] += float((weights["w_sft"] * demo_BT).sum())
+        stats["w_rl"] += float((weights["w_rl"] * roll_BT).sum())
+        stats["prob_demo"] += float((logp_BT.exp() * demo_BT).sum())
+
+
+def make_record(t: Trainer, batch: StepBatch, stats: dict, plan: StepPlan, pool: DemoPool, times: dict,
+                t_step: float) -> dict:
+    """The step's line of ``metrics.jsonl``; accuracy figures are over plain rollouts (no prefix)."""
+    obj, n_plain, n_examples = plan.objective, batch.n_plain, len(batch.idx)
+    is_demo_N, prefix_N, rewards_N, correct_N = batch.is_demo_N, batch.prefix_N, batch.rewards_N, batch.correct_N
+    plain_N = (~is_demo_N) & (prefix_N == 0)
+    prefixed_N = (~is_demo_N) & (prefix_N > 0)
+    r_plain = torch.tensor(batch.plain_ok, dtype=torch.float32) if n_plain else torch.zeros(n_examples, 0)  # [P, G]
+    solved_P = r_plain.max(dim=1).values > 0 if n_plain else torch.zeros(n_examples, dtype=torch.bool)
+    lengths, is_demo = batch.lengths, batch.is_demo
+    gen_tokens = sum(n - p for n, p, d in zip(lengths, batch.prefix_len, is_demo) if not d)
+    n_roll = int((~is_demo_N).sum())
+    sums = {f"loss_{n}": stats[f"loss_{n}"] for n in TERMS}
+    tok_demo, tok_roll = stats["tok_demo"], stats["tok_roll"]
+    return {
+        "step": plan.step,
+        "lr": t.scheduler.get_last_lr()[0],
+        "reward_mean": float(rewards_N[plain_N].mean()) if plain_N.any() else None,
+        "rollout_acc": float(correct_N[plain_N].float().mean()) if plain_N.any() else None,
+        "prefix_acc": float(correct_N[prefixed_N].float().mean()) if prefixed_N.any() else None,
+        "frac_all_correct": float((r_plain.min(dim=1).values > 0).float().mean()) if n_plain else None,
+        "frac_all_wrong": float((~solved_P).float().mean()) if n_plain else None,
+        "all_wrong_prompts": [i for i, ok in zip(batch.idx, solved_P.tolist())
+                              if not ok and t.train_set[i].demonstration] if n_plain else [],
+        "format_ok": sum(s.format_ok for s, d in zip(batch.scores, is_demo) if not d) / max(n_roll, 1),
+        # verifications that timed out or crashed (scored 0; only the pooled math verifier has them)
+        "verify_timeouts": sum(1 for s in batch.scores if (s.info or {}).get("timeout")),
+        "verify_errors": sum(1 for s in batch.scores if (s.info or {}).get("error")),
+        "demo_reward": float(rewards_N[is_demo_N].mean()) if is_demo_N.any() else None,
+        "n_demos": int(is_demo_N.sum()),
+        # where the step's demonstrations came from (objective.demo_source)
+        "demo_expert": batch.demo_from["expert"], "demo_self": batch.demo_from["self"],
+        "demo_none": batch.demo_from["none"],
+        "pool_size": len(pool),
+        "entropy_rollout": stats["ent_roll"] / max(tok_roll, 1),
+        "entropy_demo": stats["ent_demo"] / tok_demo if tok_demo else None,
+        # the weights as applied: None where the method does not use them
+        "w_sft": stats["w_sft"] / tok_demo if tok_demo and obj.sft_coef else None,
+        "w_rl": stats["w_rl"] / max(tok_roll, 1) if obj.self_rollout == "srft" else None,
+        "sft_factor": plan.factors[0], "rl_factor": plan.factors[1],
+        "prefix_ratio": prefix_ratio(obj, plan.step, t.cfg.run.steps) if batch.n_prefixed else None,
+        "demo_prob": stats["prob_demo"] / tok_demo if tok_demo else None,
+        **sums,
+        "loss": sum(sums.values()),
+        "grad_norm": stats["grad_norm"],
+        "skipped": stats["skipped"],
+        "response_len": sum(n for n, d in zip(lengths, is_demo) if not d) / max(n_roll, 1),
+        "gen_tokens": gen_tokens,
+        "demo_len": (sum(n for n, d in zip(lengths, is_demo) if d) / int(is_demo_N.sum())
+                     if is_demo_N.any() else None),
+        "adv_abs_mean": float(batch.adv_N.abs().mean()),
+        **plan.record,
+        **times,
+        "t_step": t_step,
+        "gen_tokens_per_s": gen_tokens / max(times["t_generate"], 1e-9),
+        "train_tokens_per_s": sum(lengths) / max(times["t_forward_backward"], 1e-9),
+    }
+
+
+# --------------------------------------------------------------------------- helpers of the step
 
 
 def needs_expert(obj: ObjectiveConfig) -> bool:
@@ -485,51 +697,21 @@ def needs_expert(obj: ObjectiveConfig) -> bool:
             or obj.prefix_rollouts > 0 or obj.sasr_warmup_steps > 0)
 
 
-def step_factors(obj: ObjectiveConfig, step: int, total_steps: int, control: dict) -> tuple[float, float]:
-    """(w_SFT, w_RL) factors of the step for the scalar weight modes (schedules, target controller)."""
-    return (weight_factor(obj.sft_weight, step, total_steps, obj.sft_schedule_end, control["log_sft"]),
-            weight_factor(obj.rl_weight, step, total_steps, obj.rl_schedule_end, control["log_rl"]))
-
-
-def sft_gradient_norm(cfg: Config, model, tokenizer, examples: list[Example], device) -> float:
+def sft_gradient_norm(t: Trainer, examples: list[Example]) -> float:
     """Norm of the gradient of the plain token-mean NLL of ``examples``' demonstrations (gradients left zero)."""
+    model = t.model
     seqs = [(e.prompt_ids, e.demo_ids) for e in examples if e.demo_ids]
     model.zero_grad(set_to_none=True)
     if not seqs:
         return 0.0
     n_tokens = float(sum(len(d) for _, d in seqs))
-    for start in range(0, len(seqs), cfg.optim.micro_batch):
-        batch = pad_batch(seqs[start:start + cfg.optim.micro_batch], tokenizer.pad_token_id, device)
+    for start in range(0, len(seqs), t.cfg.optim.micro_batch):
+        batch = pad_batch(seqs[start:start + t.cfg.optim.micro_batch], t.tokenizer.pad_token_id, t.device)
         logp_BT, _ = response_logprobs(model, batch)
         agg_loss(-logp_BT, batch["mask_BT"], "token-mean", num_tokens=n_tokens).backward()
     norm = float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in model.parameters() if p.grad is not None)))
     model.zero_grad(set_to_none=True)
     return norm
-
-
-def sasr_choice(cfg: Config, step: int, model, tokenizer, train_set: list[Example], device, control: dict) -> dict:
-    """SASR: whether ``step`` is an SFT step, and the gradient figures behind the choice.
-
-    Warm-up steps are SFT and accumulate the SFT gradient norm g0; after that the step is
-    SFT with probability p = g / (g + g0), g the SFT gradient norm on this step's prompts:
-    drifting away from the demonstrations (g grows) brings SFT back. The draw uses its own
-    seeded stream, so a resumed run makes the same choices.
-    """
-    idx = prompts_for_step(len(train_set), step, cfg.rollout.prompts_per_step, cfg.run.seed)
-    g = sft_gradient_norm(cfg, model, tokenizer, [train_set[i] for i in idx], device)
-    if step < cfg.objective.sasr_warmup_steps:
-        control["sasr_g0_sum"] += g
-        control["sasr_g0_n"] += 1
-        return {"sft": True, "grad_norm": g, "p_sft": 1.0}
-    g0 = control["sasr_g0_sum"] / max(control["sasr_g0_n"], 1)
-    p = g / (g + g0) if g + g0 > 0 else 0.5
-    draw = random.Random(cfg.run.seed * 1_000_033 + step).random()
-    return {"sft": draw < p, "grad_norm": g, "p_sft": p}
-
-
-def stage_objective(obj: ObjectiveConfig, step: int) -> ObjectiveConfig:
-    """The objective in force at ``step``: plain SFT during the first ``sft_stage_steps`` steps."""
-    return obj if step >= obj.sft_stage_steps else sft_objective(obj)
 
 
 def prefix_ratio(obj: ObjectiveConfig, step: int, total_steps: int) -> float:
@@ -549,216 +731,3 @@ def pick_demo(source: str, expert: list[int] | None, own: list[int] | None) -> t
     else:
         raise ValueError(f"demo_source must be expert, self or mixed, got {source!r}")
     return chosen if chosen[0] is not None else (None, "none")
-
-
-def update_pool(pool: dict[int, list[int]], idx: list[int], responses: list[list[list[int]]],
-                correct: list[list[bool]]) -> None:
-    """Keep, per train prompt, the shortest verified-correct own rollout seen so far."""
-    for i, resp_n, ok_n in zip(idx, responses, correct):
-        for r, ok in zip(resp_n, ok_n):
-            if ok and (i not in pool or len(r) < len(pool[i])):
-                pool[i] = list(r)
-
-
-def train_step(cfg: Config, step: int, model, ref_model, engine, tokenizer, task, train_set: list[Example],
-               optimizer, scheduler, device, idx: list[int] | None = None,
-               obj: ObjectiveConfig | None = None, factors: tuple[float, float] = (1.0, 1.0),
-               pool: dict[int, list[int]] | None = None) -> dict:
-    """One optimiser step on the step's prompts (or ``idx``) with the step's objective (or ``obj``).
-
-    ``factors`` are the step's (w_SFT, w_RL) factors for the scalar weight modes; ``pool``
-    is the per-prompt store of own correct rollouts (``demo_source`` self/mixed), updated here.
-    """
-    times: dict[str, float] = {}
-    t_start = time.perf_counter()
-    obj = obj or stage_objective(cfg.objective, step)
-    if idx is None:
-        idx = prompts_for_step(len(train_set), step, cfg.rollout.prompts_per_step, cfg.run.seed)
-    pool = {} if pool is None else pool
-    examples = [train_set[i] for i in idx]
-    prompt_ids = [e.prompt_ids for e in examples]  # tokenised on use, once per step
-    expert_ids = [e.demo_ids for e in examples]
-    n_prefixed = obj.prefix_rollouts
-    n_plain = cfg.rollout.n - n_prefixed
-    max_new = cfg.data.max_response_tokens
-
-    with timed("generate", times):
-        responses = engine.generate(prompt_ids, n_plain, max_new, cfg.rollout.temperature, cfg.rollout.top_p) \
-            if n_plain else [[] for _ in examples]
-        # Prefix-RFT: continue from the first ratio * len tokens of the demonstration.
-        prefixes: list[list[int]] = [[] for _ in examples]
-        continuations: list[list[list[int]]] = [[] for _ in examples]
-        if n_prefixed:
-            ratio = prefix_ratio(obj, step, cfg.run.steps)
-            for g, d_ids in enumerate(expert_ids):
-                if d_ids:
-                    prefixes[g] = d_ids[:min(round(ratio * len(d_ids)), len(d_ids) - 1)]
-            continuations = engine.generate([p + pre for p, pre in zip(prompt_ids, prefixes)], n_prefixed,
-                                            max_new, cfg.rollout.temperature, cfg.rollout.top_p)
-            # a prefix eats into the response budget
-            continuations = [[c[:max_new - len(pre)] for c in cs] for pre, cs in zip(prefixes, continuations)]
-
-    # Every sequence of the step: (prompt ids, response ids), its group, kind and prefix length.
-    seqs, is_demo, groups, answers, prefix_len = [], [], [], [], []
-    for g, (ex, p_ids) in enumerate(zip(examples, prompt_ids)):
-        for r in responses[g]:
-            seqs.append((p_ids, r))
-            prefix_len.append(0)
-        for c in continuations[g]:
-            seqs.append((p_ids, prefixes[g] + c))
-            prefix_len.append(len(prefixes[g]))
-        n_roll_g = len(responses[g]) + len(continuations[g])
-        is_demo += [False] * n_roll_g
-        groups += [g] * n_roll_g
-        answers += [ex.answer] * n_roll_g
-    with timed("score", times):
-        scores = verify_all(task, [tokenizer.decode(r, skip_special_tokens=True) for _, r in seqs], answers)
-        # Own correct rollouts feed the pool before demonstrations are picked, so that with
-        # demo_source self/mixed a prompt solved for the first time has its demonstration at once.
-        plain_ok: list[list[bool]] = []
-        pos = 0
-        for g in range(len(examples)):
-            plain_ok.append([scores[pos + j].reward > 0 for j in range(len(responses[g]))])
-            pos += len(responses[g]) + len(continuations[g])
-        if obj.demo_source != "expert":
-            update_pool(pool, idx, responses, plain_ok)
-        demo_from = {"expert": 0, "self": 0, "none": 0}
-        demo_seqs = []
-        if obj.demonstrations:
-            for g, (i, p_ids) in enumerate(zip(idx, prompt_ids)):
-                d_ids, where = pick_demo(obj.demo_source, expert_ids[g], pool.get(i))
-                demo_from[where] += 1
-                if d_ids is not None:
-                    demo_seqs.append((g, p_ids, d_ids))
-        demo_scores = verify_all(task, [tokenizer.decode(d, skip_special_tokens=True) for _, _, d in demo_seqs],
-                                 [examples[g].answer for g, _, _ in demo_seqs]) if demo_seqs else []
-    for (g, p_ids, d_ids) in demo_seqs:
-        seqs.append((p_ids, d_ids))
-        is_demo.append(True)
-        groups.append(g)
-        prefix_len.append(0)
-    scores = list(scores) + list(demo_scores)
-    rewards_N = torch.tensor([s.reward for s in scores], dtype=torch.float32)
-    is_demo_N = torch.tensor(is_demo, dtype=torch.bool)
-    group_N = torch.tensor(groups)
-    prefix_N = torch.tensor(prefix_len)
-    adv_N = group_advantages(rewards_N, group_N, obj.adv_norm, obj.adv_eps)
-    correct_N = rewards_N > 0
-
-    # Global counts so that micro-batch losses add up to the step's loss.
-    lengths = [len(r) for _, r in seqs]
-    counts = dict(num_tokens=float(sum(lengths)), num_seqs=float(len(seqs)), max_len=max_new)
-    sums = {f"loss_{n}": 0.0 for n in TERMS}
-    acc = {"ent_roll": 0.0, "ent_demo": 0.0, "tok_roll": 0.0, "tok_demo": 0.0, "w_sft": 0.0, "w_rl": 0.0,
-           "prob_demo": 0.0}
-    optimizer.zero_grad(set_to_none=True)
-    with timed("forward_backward", times):
-        order = sorted(range(len(seqs)), key=lambda i: lengths[i])  # similar lengths share a micro-batch
-        for start in range(0, len(order), cfg.optim.micro_batch):
-            ids = order[start:start + cfg.optim.micro_batch]
-            batch = pad_batch([seqs[i] for i in ids], tokenizer.pad_token_id, device)
-            mask_BT = batch["mask_BT"]
-            logits_BTV = response_logits(model, batch)
-            logp_BT, ent_BT = token_logprobs_and_entropy(logits_BTV, batch["tokens_BT"])
-            ref_BT = kl_BT = None
-            if ref_model is not None:
-                with torch.no_grad():
-                    ref_logits_BTV = response_logits(ref_model, batch)
-                ref_BT, _ = token_logprobs_and_entropy(ref_logits_BTV, batch["tokens_BT"])
-                if obj.kl_estimator == "full":
-                    kl_BT = kl_full(torch.log_softmax(logits_BTV.float(), -1),
-                                    torch.log_softmax(ref_logits_BTV.float(), -1))
-                del ref_logits_BTV
-            demo_B = is_demo_N[ids].to(device)
-            terms, weights = token_losses(obj, logp_BT, ent_BT, mask_BT, demo_B, correct_N[ids].to(device),
-                                          adv_N[ids].to(device), None, ref_BT, step=step, sft_factor=factors[0],
-                                          rl_factor=factors[1],
-                                          prefix_len_B=prefix_N[ids].to(device) if n_prefixed else None, kl_BT=kl_BT)
-            reduced = {n: agg_loss(t, mask_BT, obj.loss_agg, **counts) for n, t in terms.items()}
-            loss = sum(reduced.values())
-            loss.backward()
-            # ---- statistics of this micro-batch (no gradient)
-            with torch.no_grad():
-                for n, v in reduced.items():
-                    sums[f"loss_{n}"] += float(v)
-                demo_BT = mask_BT * demo_B.unsqueeze(-1)
-                roll_BT = mask_BT - demo_BT
-                acc["ent_roll"] += float((ent_BT * roll_BT).sum())
-                acc["ent_demo"] += float((ent_BT * demo_BT).sum())
-                acc["tok_roll"] += float(roll_BT.sum())
-                acc["tok_demo"] += float(demo_BT.sum())
-                acc["w_sft"] += float((weights["w_sft"] * demo_BT).sum())
-                acc["w_rl"] += float((weights["w_rl"] * roll_BT).sum())
-                acc["prob_demo"] += float((logp_BT.exp() * demo_BT).sum())
-
-    with timed("optimizer", times):
-        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
-        # The divergence guard: a non-finite loss or gradient leaves the weights as they are.
-        skipped = not (math.isfinite(grad_norm) and math.isfinite(sum(sums.values())))
-        if skipped:
-            optimizer.zero_grad(set_to_none=True)
-        else:
-            optimizer.step()
-            bad = non_finite_parameters(model)
-            if bad:
-                raise DivergenceError(f"training diverged: the update of step {step} made {len(bad)} parameters "
-                                      f"non-finite (first: {bad[0]}) although its gradient was finite "
-                                      f"(norm {grad_norm:.3g}); lower optim.lr (now {cfg.optim.lr:g}) and resume "
-                                      f"from the last checkpoint, which is kept")
-        with warnings.catch_warnings():  # torch warns of a scheduler step without an optimiser step
-            warnings.simplefilter("ignore", UserWarning)
-            scheduler.step()  # the schedule follows the step count, skipped steps included
-        if not skipped:
-            engine.sync_weights(model)
-
-    # ---- the step's record; accuracy figures are over plain rollouts (no prefix)
-    plain_N = (~is_demo_N) & (prefix_N == 0)
-    prefixed_N = (~is_demo_N) & (prefix_N > 0)
-    r_plain = torch.tensor(plain_ok, dtype=torch.float32) if n_plain else torch.zeros(len(examples), 0)  # [P, G]
-    solved_P = r_plain.max(dim=1).values > 0 if n_plain else torch.zeros(len(examples), dtype=torch.bool)
-    gen_tokens = sum(lengths[i] - prefix_len[i] for i in range(len(seqs)) if not is_demo[i])
-    n_roll = int((~is_demo_N).sum())
-    t_step = time.perf_counter() - t_start
-    record = {
-        "step": step,
-        "lr": scheduler.get_last_lr()[0],
-        "reward_mean": float(rewards_N[plain_N].mean()) if plain_N.any() else None,
-        "rollout_acc": float(correct_N[plain_N].float().mean()) if plain_N.any() else None,
-        "prefix_acc": float(correct_N[prefixed_N].float().mean()) if prefixed_N.any() else None,
-        "frac_all_correct": float((r_plain.min(dim=1).values > 0).float().mean()) if n_plain else None,
-        "frac_all_wrong": float((~solved_P).float().mean()) if n_plain else None,
-        "all_wrong_prompts": [i for i, ok in zip(idx, solved_P.tolist()) if not ok and train_set[i].demonstration]
-        if n_plain else [],
-        "format_ok": sum(s.format_ok for s, d in zip(scores, is_demo) if not d) / max(n_roll, 1),
-        # verifications that timed out or crashed (scored 0; only the pooled math verifier has them)
-        "verify_timeouts": sum(1 for s in scores if (s.info or {}).get("timeout")),
-        "verify_errors": sum(1 for s in scores if (s.info or {}).get("error")),
-        "demo_reward": float(rewards_N[is_demo_N].mean()) if is_demo_N.any() else None,
-        "n_demos": int(is_demo_N.sum()),
-        # where the step's demonstrations came from (objective.demo_source)
-        "demo_expert": demo_from["expert"], "demo_self": demo_from["self"], "demo_none": demo_from["none"],
-        "pool_size": len(pool),
-        "entropy_rollout": acc["ent_roll"] / max(acc["tok_roll"], 1),
-        "entropy_demo": acc["ent_demo"] / acc["tok_demo"] if acc["tok_demo"] else None,
-        # the weights as applied: None where the method does not use them
-        "w_sft": acc["w_sft"] / acc["tok_demo"] if acc["tok_demo"] and obj.sft_coef else None,
-        "w_rl": acc["w_rl"] / max(acc["tok_roll"], 1) if obj.self_rollout == "srft" else None,
-        "sft_factor": factors[0], "rl_factor": factors[1],
-        "prefix_ratio": prefix_ratio(obj, step, cfg.run.steps) if n_prefixed else None,
-        "demo_prob": acc["prob_demo"] / acc["tok_demo"] if acc["tok_demo"] else None,
-        **sums,
-        "loss": sum(sums.values()),
-        "grad_norm": grad_norm,
-        "skipped": skipped,
-        "response_len": sum(lengths[i] for i in range(len(seqs)) if not is_demo[i]) / max(n_roll, 1),
-        "gen_tokens": gen_tokens,
-        "demo_len": (sum(lengths[i] for i in range(len(seqs)) if is_demo[i]) / int(is_demo_N.sum())
-                     if is_demo_N.any() else None),
-        "adv_abs_mean": float(adv_N.abs().mean()),
-        **times,
-        "t_step": t_step,
-        "gen_tokens_per_s": gen_tokens / max(times["t_generate"], 1e-9),
-        "train_tokens_per_s": sum(lengths) / max(times["t_forward_backward"], 1e-9),
-    }
-    return record

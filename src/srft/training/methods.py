@@ -1,0 +1,222 @@
+"""Step-level methods: state that decides what a step does and learns from what it did.
+
+Each is one small class with
+
+- ``plan(plan)``: adjust the step's :class:`StepPlan` (its objective, prompts, weight factors);
+- ``observe(record)``: learn from the step's record (and add its own figures to it);
+- ``state_dict()`` / ``load_state_dict(state)``: what a checkpoint carries.
+
+``build_step_methods`` makes the ones the config asks for; the loop calls their ``plan`` in
+order before a step and their ``observe`` after it, and knows nothing else about them. The
+demonstration pool is different in one way: it is filled while a step is collected (a
+prompt solved for the first time is its own demonstration in that step), through
+``DemoPool.add``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass, field
+
+from srft.config import Config, ObjectiveConfig
+from srft.objective import controller_update, weight_factor
+
+
+def sft_objective(obj: ObjectiveConfig) -> ObjectiveConfig:
+    """Plain cross-entropy on demonstrations: the SFT stage of two-stage runs and ReLIFT's/SASR's SFT steps."""
+    return dataclasses.replace(obj, demonstrations=True, sft_coef=1.0, sft_weight="constant", offpolicy_coef=0.0,
+                               self_rollout="none", entropy_coef=0.0, kl_coef=0.0, mix="add")
+
+
+@dataclass
+class StepPlan:
+    """What one step does; the methods adjust it before the step."""
+
+    step: int
+    objective: ObjectiveConfig
+    idx: list[int] | None = None  # train-set indices of the step's prompts; None = the data's next slice
+    factors: tuple[float, float] = (1.0, 1.0)  # (w_SFT, w_RL) factors of the scalar weight modes
+    record: dict = field(default_factory=dict)  # figures a method adds to the step's record
+
+
+class WeightFactors:
+    """The step's factors of w_SFT and w_RL: schedules (linear, cosine), or the target-entropy
+    controller, which moves the log of each factor after every step from the rollout entropy."""
+
+    name = "weights"
+
+    def __init__(self, obj: ObjectiveConfig, total_steps: int):
+        self.obj, self.total = obj, total_steps
+        self.log_sft = self.log_rl = 0.0
+
+    def plan(self, plan: StepPlan) -> None:
+        o = self.obj
+        plan.factors = (weight_factor(o.sft_weight, plan.step, self.total, o.sft_schedule_end, self.log_sft),
+                        weight_factor(o.rl_weight, plan.step, self.total, o.rl_schedule_end, self.log_rl))
+
+    def observe(self, record: dict) -> None:
+        o = self.obj
+        if "target" in (o.sft_weight, o.rl_weight):
+            h = record["entropy_rollout"]
+            # imitation is assumed to raise entropy (w_SFT up when below target), own samples to lower it
+            self.log_sft = controller_update(self.log_sft, h, o.entropy_target, o.controller_gain, -1.0)
+            self.log_rl = controller_update(self.log_rl, h, o.entropy_target, o.controller_gain, +1.0)
+
+    def state_dict(self) -> dict:
+        return {"log_sft": self.log_sft, "log_rl": self.log_rl}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.log_sft, self.log_rl = float(state["log_sft"]), float(state["log_rl"])
+
+
+class TwoStage:
+    """sft-then-grpo: plain SFT for the first ``sft_stage_steps`` steps, then the configured objective."""
+
+    name = "two_stage"
+
+    def __init__(self, stage_steps: int):
+        self.stage_steps = stage_steps
+
+    def plan(self, plan: StepPlan) -> None:
+        if plan.step < self.stage_steps:
+            plan.objective = sft_objective(plan.objective)
+
+    def observe(self, record: dict) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}  # a function of the step alone
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class Sasr:
+    """SASR: warm-up steps are SFT and accumulate the SFT gradient norm g0; after that a step is
+    SFT with probability p = g / (g + g0), g the SFT gradient norm on the step's prompts:
+    drifting away from the demonstrations (g grows) brings SFT back. The draw uses its own
+    seeded stream, so a resumed run makes the same choices."""
+
+    name = "sasr"
+
+    def __init__(self, cfg: Config, grad_norm_of_step):
+        self.warmup, self.seed = cfg.objective.sasr_warmup_steps, cfg.run.seed
+        self.grad_norm_of_step = grad_norm_of_step  # step -> SFT gradient norm on that step's prompts
+        self.g0_sum, self.g0_n = 0.0, 0
+
+    def plan(self, plan: StepPlan) -> None:
+        g = self.grad_norm_of_step(plan.step)
+        if plan.step < self.warmup:
+            self.g0_sum += g
+            self.g0_n += 1
+            choice = {"sft": True, "grad_norm": g, "p_sft": 1.0}
+        else:
+            g0 = self.g0_sum / max(self.g0_n, 1)
+            p = g / (g + g0) if g + g0 > 0 else 0.5
+            draw = random.Random(self.seed * 1_000_033 + plan.step).random()
+            choice = {"sft": draw < p, "grad_norm": g, "p_sft": p}
+        if choice["sft"]:
+            plan.objective = sft_objective(plan.objective)
+        plan.record.update({f"sasr_{k}": v for k, v in choice.items()})
+
+    def observe(self, record: dict) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {"g0_sum": self.g0_sum, "g0_n": self.g0_n}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.g0_sum, self.g0_n = float(state["g0_sum"]), int(state["g0_n"])
+
+
+class Relift:
+    """ReLIFT: demonstrations of prompts whose rollouts all failed are buffered; once ``size``
+    are, the next step is an SFT step on them (instead of an RL step on the next slice)."""
+
+    name = "relift"
+
+    def __init__(self, size: int):
+        self.size = size
+        self.buffer: list[int] = []
+        self.sft_step = False
+
+    def plan(self, plan: StepPlan) -> None:
+        self.sft_step = len(self.buffer) >= self.size
+        if self.sft_step:
+            plan.idx, self.buffer = self.buffer[:self.size], self.buffer[self.size:]
+            plan.objective = sft_objective(plan.objective)
+
+    def observe(self, record: dict) -> None:
+        if not self.sft_step:
+            self.buffer += record["all_wrong_prompts"]
+        record["relift_buffer"] = len(self.buffer)
+        record["relift_sft_step"] = self.sft_step
+
+    def state_dict(self) -> dict:
+        return {"buffer": list(self.buffer)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.buffer = [int(i) for i in state["buffer"]]
+
+
+class DemoPool:
+    """Per train prompt, the shortest verified-correct own rollout seen so far
+    (``objective.demo_source`` self / mixed)."""
+
+    name = "pool"  # not "demo_pool": that is the earlier checkpoints' flat entry
+
+    def __init__(self):
+        self.pool: dict[int, list[int]] = {}
+
+    def __len__(self) -> int:
+        return len(self.pool)
+
+    def get(self, i: int) -> list[int] | None:
+        return self.pool.get(i)
+
+    def add(self, idx: list[int], responses: list[list[list[int]]], correct: list[list[bool]]) -> None:
+        for i, resp_n, ok_n in zip(idx, responses, correct):
+            for r, ok in zip(resp_n, ok_n):
+                if ok and (i not in self.pool or len(r) < len(self.pool[i])):
+                    self.pool[i] = list(r)
+
+    def plan(self, plan: StepPlan) -> None:
+        pass
+
+    def observe(self, record: dict) -> None:
+        pass  # filled during the step (add); the record's pool_size is read from it
+
+    def state_dict(self) -> dict:
+        return {"pool": self.pool}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pool = {int(k): list(v) for k, v in state["pool"].items()}
+
+
+def build_step_methods(cfg: Config, sft_grad_norm_of_step) -> list:
+    """The step-level methods of ``cfg``, in the order their plans apply (the pool is always there)."""
+    obj = cfg.objective
+    methods: list = [WeightFactors(obj, cfg.run.steps), DemoPool()]
+    if obj.sft_stage_steps:
+        methods.append(TwoStage(obj.sft_stage_steps))
+    if obj.sasr_warmup_steps:
+        methods.append(Sasr(cfg, sft_grad_norm_of_step))
+    if obj.relift_buffer:
+        methods.append(Relift(obj.relift_buffer))
+    return methods
+
+
+def methods_state(methods: list) -> dict:
+    return {m.name: m.state_dict() for m in methods}
+
+
+def load_methods_state(methods: list, extra: dict) -> None:
+    """Restore each method from a checkpoint's ``extra`` (also the flat layout of earlier versions)."""
+    control = extra.get("control", {})
+    legacy = {"weights": {"log_sft": control.get("log_sft", 0.0), "log_rl": control.get("log_rl", 0.0)},
+              "sasr": {"g0_sum": control.get("sasr_g0_sum", 0.0), "g0_n": control.get("sasr_g0_n", 0)},
+              "relift": {"buffer": extra.get("relift_buffer", [])}, "pool": {"pool": extra.get("demo_pool", {})},
+              "two_stage": {}}
+    for m in methods:
+        m.load_state_dict(extra.get(m.name, legacy[m.name]))

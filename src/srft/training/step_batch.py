@@ -1,0 +1,77 @@
+"""The step batch: every sequence of one step, carried from rollout to update and record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from srft.objective import group_advantages
+from srft.tasks.base import Score
+
+
+@dataclass
+class StepBatch:
+    """The N sequences of a step: each prompt's rollouts (plain, then prefixed) group by group,
+    then the demonstrations. ``add`` them in that order, then ``finish`` with their scores.
+
+    Per sequence (length N): ``seqs`` (prompt ids, response ids), ``group`` (the prompt's
+    index in ``idx``), ``is_demo``, ``prefix_len`` (Prefix-RFT: demonstration tokens at the
+    start of the response), ``answers``; after ``finish``: ``scores`` and the tensors
+    ``rewards_N``, ``correct_N``, ``adv_N`` (group advantages over rollouts and demonstrations).
+    """
+
+    idx: list[int]  # train-set indices of the step's prompts (group g is idx[g])
+    n_plain: int  # plain rollouts per prompt
+    n_prefixed: int  # Prefix-RFT rollouts per prompt
+    seqs: list[tuple[list[int], list[int]]] = field(default_factory=list)
+    group: list[int] = field(default_factory=list)
+    is_demo: list[bool] = field(default_factory=list)
+    prefix_len: list[int] = field(default_factory=list)
+    answers: list[str] = field(default_factory=list)
+    # rollout-time log-probs of each response token from the engine (None: not given, demonstrations)
+    rollout_logprobs: list[list[float] | None] = field(default_factory=list)
+    plain_ok: list[list[bool]] = field(default_factory=list)  # [P][n_plain]: plain rollouts judged correct
+    demo_from: dict = field(default_factory=lambda: {"expert": 0, "self": 0, "none": 0})
+    scores: list[Score] = field(default_factory=list)
+    rewards_N: torch.Tensor | None = None
+    correct_N: torch.Tensor | None = None
+    adv_N: torch.Tensor | None = None
+
+    def add(self, prompt_ids: list[int], response_ids: list[int], group: int, answer: str, is_demo: bool = False,
+            prefix_len: int = 0, logprobs: list[float] | None = None) -> None:
+        self.seqs.append((prompt_ids, response_ids))
+        self.group.append(group)
+        self.is_demo.append(is_demo)
+        self.prefix_len.append(prefix_len)
+        self.answers.append(answer)
+        self.rollout_logprobs.append(logprobs)
+
+    def finish(self, scores: list[Score], adv_norm: str, adv_eps: float) -> None:
+        """Attach the verifier's scores (in sequence order) and compute rewards and group advantages."""
+        if len(scores) != len(self.seqs):
+            raise ValueError(f"{len(scores)} scores for {len(self.seqs)} sequences")
+        self.scores = list(scores)
+        self.rewards_N = torch.tensor([s.reward for s in scores], dtype=torch.float32)
+        self.correct_N = self.rewards_N > 0
+        self.adv_N = group_advantages(self.rewards_N, self.group_N, adv_norm, adv_eps)
+
+    @property
+    def responses(self) -> list[list[int]]:
+        return [r for _, r in self.seqs]
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(r) for _, r in self.seqs]
+
+    @property
+    def is_demo_N(self) -> torch.Tensor:
+        return torch.tensor(self.is_demo, dtype=torch.bool)
+
+    @property
+    def group_N(self) -> torch.Tensor:
+        return torch.tensor(self.group)
+
+    @property
+    def prefix_N(self) -> torch.Tensor:
+        return torch.tensor(self.prefix_len)

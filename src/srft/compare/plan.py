@@ -14,6 +14,7 @@ from pathlib import Path
 
 from srft.compare.suite import Suite, SuiteError, suite_from_dict
 from srft.config import Config, ConfigError, load_config
+from srft.tasks import base_model_task
 
 PLAN_FILE = "plan.json"
 # Keys a run may change between invocations without changing what it computes.
@@ -128,7 +129,7 @@ def base_model_recipes(runs: list[RunSpec], configs: dict[str, Config]) -> list[
     for run in runs:
         m = configs[run.key].model
         if m.path is None:
-            recipe = (m.base_cache_dir, configs[run.key].data.task, m.base_seed, m.base_steps)
+            recipe = (m.base_cache_dir, base_model_task(configs[run.key].data.task), m.base_seed, m.base_steps)
             if recipe not in recipes:
                 recipes.append(recipe)
     return recipes

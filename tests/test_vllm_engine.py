@@ -167,6 +167,7 @@ def test_export_state_dict_keeps_tied_head():
     sd = export_state_dict(model)
     assert "lm_head.weight" in sd and "lm_head.weight" not in dict(model.named_parameters())
     assert sd["lm_head.weight"].data_ptr() == model.model.embed_tokens.weight.data_ptr()  # no copy
+    assert export_state_dict(torch.compile(model)).keys() == sd.keys()  # not "_orig_mod."-prefixed
 
 
 def test_export_state_dict_merges_lora():
@@ -302,6 +303,12 @@ def test_stops_at_eos_and_keeps_it(engine, model):
     first = ids[0][0]
     assert first[-1] == eos and len(first) == free.index(eos) + 1 < MAX_NEW
     assert len(lps[0][0]) == len(first)
+
+
+def test_too_long_requests_are_refused(engine):
+    # vLLM itself would cut the responses at max_model_len without a word.
+    with pytest.raises(ValueError, match="max_model_len"):
+        engine.generate([[5] * 1000], 1, 30, temperature=0.0)
 
 
 def test_close_tears_vllm_down(engine_and_effects):

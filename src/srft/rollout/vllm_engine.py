@@ -90,11 +90,19 @@ def export_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     The full ``state_dict()``, not ``named_parameters()``: a tied ``lm_head.weight`` is only
     in the former. Tensors are detached views of the live weights (no copy). A PEFT model
     (LoRA) is exported merged: each adapted weight is ``W + delta`` of its active adapters,
-    computed out of place, so the training model is left untouched.
+    computed out of place, so the training model is left untouched. A ``torch.compile``d
+    model is exported under its inner module's names; FSDP2 shards are gathered.
     """
+    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper: the module inside
     if hasattr(model, "peft_config") and hasattr(model, "get_base_model"):
         return _export_peft_merged(model)
-    return {name: t.detach() for name, t in model.state_dict().items()}
+    return {name: _full(t) for name, t in model.state_dict().items()}
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    # An FSDP2 shard (DTensor) is gathered whole; a plain tensor is returned as it is.
+    full = getattr(t, "full_tensor", None)
+    return (full() if callable(full) else t).detach()
 
 
 def _export_peft_merged(model) -> dict[str, torch.Tensor]:
@@ -117,7 +125,7 @@ def _export_peft_merged(model) -> dict[str, torch.Tensor]:
         if ".lora_" in name or "lora_embedding" in name:
             continue
         clean = name.replace(".base_layer.", ".")
-        out[clean] = merged.get(clean, t.detach())
+        out[clean] = merged.get(clean, _full(t))
     return out
 
 
@@ -427,6 +435,11 @@ class VLLMEngine:
             return [], []
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
+        longest = max(len(p) for p in prompts)
+        if longest + max_new_tokens > self.max_model_len:
+            # vLLM would silently cut the responses at max_model_len.
+            raise ValueError(f"a prompt of {longest} tokens + max_new_tokens {max_new_tokens} exceeds the "
+                             f"engine's max_model_len {self.max_model_len}: raise max_model_len")
         greedy = temperature <= 0
         common = dict(max_tokens=max_new_tokens, stop_token_ids=[self.eos_id], logprobs=0,
                       detokenize=False, skip_special_tokens=False)

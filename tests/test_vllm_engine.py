@@ -287,6 +287,19 @@ def test_sampling_is_reproducible_given_torch_seed(engine, model):
     assert engine.generate(PROMPTS, 2, 5, temperature=1.0) is not None  # plain protocol call
 
 
+def test_seeded_batch_larger_than_one_step(engine, model):
+    """Seeded sampling over more prompt tokens than one engine step takes (the module's engine:
+    4096): with chunked prefill vLLM's CPU backend crashed here ("CPU Generator does not use
+    offset"); the engine turns chunked prefill off on the CPU."""
+    engine.sync_weights(model)
+    g = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(4, 100, (600,), generator=g).tolist() for _ in range(8)]  # 9600 tokens with n=2
+    torch.manual_seed(0)
+    ids, lps = engine.generate_with_logprobs(prompts, 2, 8, temperature=1.0)
+    assert [len(r) for r in ids] == [2] * 8 and all(len(x) == len(y) for a, b in zip(ids, lps) for x, y in zip(a, b))
+    assert max_logprob_diff(model, prompts[:2], ids[:2], lps[:2]) <= LOGPROB_TOL
+
+
 def test_stops_at_eos_and_keeps_it(engine, model):
     """Responses end with the EOS token when they finish (like HFEngine), and stop there."""
     engine.sync_weights(model)

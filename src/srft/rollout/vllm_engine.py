@@ -386,6 +386,13 @@ class VLLMEngine:
         )
         if kv_cache_gib is not None:
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
+        if on_cpu:
+            # A prompt prefilled in chunks has its sampled token thrown away and its seeded
+            # generator rewound, which the CPU generator cannot do ("CPU Generator does not use
+            # offset": a crash as soon as a seeded batch's prompts exceed the step's token
+            # budget). Without chunked prefill every prompt is prefilled in one step.
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["max_num_batched_tokens"] = max(max_model_len, 4096)
         kwargs.update(llm_kwargs or {})
 
         registered = _register_backend()

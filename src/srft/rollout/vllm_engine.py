@@ -16,16 +16,30 @@ reference; the worker loads them with the model's own ``load_weights`` inside vL
 layerwise-reload bracket, which re-runs the per-layer post-processing (on the CPU backend:
 the packed GEMM weights, the tied ``lm_head`` included). The trainer side is driven through
 vLLM's generic ``TrainerWeightTransferEngine`` interface, so a GPU run can pick vLLM's CUDA
-IPC backend (``weight_transfer="ipc"``) with the same code path (untested here: no GPU).
+IPC backend (``weight_transfer="ipc"``, with ``VLLM_ENABLE_V1_MULTIPROCESSING=1`` set before
+this module is imported) through the same code path: untested here (no GPU). The in-process
+backend itself is device-agnostic and should work on a GPU too (also untested).
 
 Rules this module keeps (each was a reproduced bug):
 
 - the full ``state_dict()`` is sent, not ``named_parameters()``: with tied embeddings the
-  latter has no ``lm_head.weight`` and the CPU backend's packed head kept the old weights;
+  latter has no ``lm_head.weight`` and the CPU backend's packed head kept the old weights
+  (log-probs off by ~1 nat on the test model);
 - ``reset_prefix_cache()`` after every sync: cached KV blocks of a shared prompt prefix
   were computed with the old weights and would be served again;
 - ``close()`` tears vLLM down (it owns a one-process ``torch.distributed`` group in this
-  process); call it before destroying any process group of the trainer's.
+  process); call it before destroying any process group of the trainer's;
+- on the CPU backend, no chunked prefill: a seeded request prefilled in chunks crashes it
+  ("CPU Generator does not use offset");
+- a prompt + ``max_new_tokens`` over ``max_model_len`` is refused (vLLM would silently cut
+  the response);
+- one torch thread while vLLM decodes (see ``generate_threads``).
+
+CPU backend limits: head sizes of 32 and up only (``_CPU_HEAD_SIZES``; srft's built-in base
+model has 32, conftest's tiny test model 16), and vLLM's own dtype "auto" would run a float32
+checkpoint in bfloat16 (this engine defaults to the checkpoint's dtype instead). The first
+sampling call of a fresh machine compiles a small kernel with torch.compile (~15 s, cached
+under /tmp/torchinductor_$USER).
 
 Log-probs. ``generate_with_logprobs`` also returns, per response token, the log-prob that
 vLLM computed while sampling it. By default (``logprobs_mode="raw_logprobs"``) these are

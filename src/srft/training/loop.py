@@ -91,7 +91,6 @@ from srft.training.methods import (
     build_step_methods,
     load_methods_state,
     methods_state,
-    sft_objective,  # noqa: F401  (part of this module's interface)
 )
 from srft.training.metrics import MetricsLog, timed
 from srft.training.resume import check_resume_changes, fixed_part

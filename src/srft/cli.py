@@ -125,7 +125,7 @@ def _engine_for(args, task_name: str = "addition", dtype: str = "float32", max_b
 
 def cmd_evaluate(args) -> int:
     from srft.config import DataConfig
-    from srft.evaluation.sampling import evaluate_prompts
+    from srft.evaluation.sampling import evaluate_splits
     from srft.tasks import get_task
     from srft.training.data import encode_rows
 
@@ -136,9 +136,10 @@ def cmd_evaluate(args) -> int:
     for split in args.split:
         rows = task.generate(split, args.n, args.data_seed)
         examples, _ = encode_rows(rows, tok, data_cfg, name=split)
-        res = evaluate_prompts(engine, tok, [e.prompt_ids for e in examples], [e.answer for e in examples],
-                               task, k=args.k, temperature=args.temperature,
-                               max_new_tokens=args.max_new_tokens, keep_completions=bool(args.out))
+        # One split at a time, each printed when done; no seed: sampling continues the stream
+        # that --seed started (_engine_for), split after split.
+        res = evaluate_splits(engine, tok, task, {split: examples}, args.k, args.temperature, args.max_new_tokens,
+                              keep_completions=bool(args.out))[split]
         results["splits"][split] = res
         print(f"{split:<10} avg@{args.k} {res[f'avg@{args.k}']:.3f}  pass@{args.k} {res[f'pass@{args.k}']:.3f}  "
               f"format {res['format_ok']:.3f}  ({res['n_prompts']} prompts)")

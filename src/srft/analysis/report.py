@@ -86,7 +86,7 @@ def score_regime(regime: str, runs: list[Run], base_path: str, data_cfg: DataCon
                  problems: list[str], say: Callable[[str], None]) -> Scored:
     """Make (or reuse) the regime's response set with the base model, and score the base and every run on it."""
     from srft.models.loading import load_tokenizer, resolve_device
-    from srft.training.loop import make_task
+    from srft.tasks import make_task
 
     device = resolve_device(opts.device)
     base = load_model_for_scoring(Path(base_path), device)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from srft.analysis.responses import ResponseSet
-from srft.training.loop import pad_batch, response_logprobs
+from srft.training.batching import pad_batch, response_logprobs
 
 
 @dataclass

@@ -1,13 +1,24 @@
 """Sampled evaluation: avg@k accuracy and unbiased pass@k on a list of prompts.
 
-The same function serves the periodic evaluation during training and ``srft evaluate``.
+``evaluate_splits`` is the one evaluation of a task's test splits: the periodic evaluation
+during training, ``srft evaluate`` and the base model's ``measure_accuracy`` all call it.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
+
+import torch
 
 from srft.rollout.engine import RolloutEngine
+
+
+class EvalPrompt(NamedTuple):
+    """A test prompt as ``evaluate_splits`` needs it (``srft.training.data.Example`` has the same two fields)."""
+
+    prompt_ids: list[int]
+    answer: str
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -71,4 +82,47 @@ def evaluate_prompts(
     }
     if keep_completions:
         out["samples"] = samples
+    return out
+
+
+def evaluate_splits(
+    engine: RolloutEngine,
+    tokenizer,
+    task,
+    tests_by_split: dict,
+    k: int,
+    temperature: float,
+    max_new_tokens: int,
+    seed: int | None = None,
+    *,
+    top_p: float = 1.0,
+    keep_completions: bool = False,
+) -> dict:
+    """``evaluate_prompts`` on each split, in order: {split: its result, with ``acc`` = avg@k}.
+
+    tests_by_split: {split: prompts}, each prompt anything with ``prompt_ids`` and ``answer``
+    (``Example``, ``EvalPrompt``). With a ``seed``, sampling draws from a random stream of its
+    own, seeded once before the first split, and the caller's random state is left as it was
+    (training evaluates without moving its RNG, so a resumed run matches an uninterrupted
+    one); without, it draws from the current global stream.
+    """
+    if seed is None:
+        return _evaluate_splits(engine, tokenizer, task, tests_by_split, k, temperature, max_new_tokens,
+                                top_p, keep_completions)
+    device = next(engine.model.parameters()).device if hasattr(engine, "model") else torch.device("cpu")
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return _evaluate_splits(engine, tokenizer, task, tests_by_split, k, temperature, max_new_tokens,
+                                top_p, keep_completions)
+
+
+def _evaluate_splits(engine, tokenizer, task, tests_by_split, k, temperature, max_new_tokens, top_p,
+                     keep_completions) -> dict:
+    out = {}
+    for split, prompts in tests_by_split.items():
+        res = evaluate_prompts(engine, tokenizer, [p.prompt_ids for p in prompts], [p.answer for p in prompts], task,
+                               k=k, temperature=temperature, max_new_tokens=max_new_tokens, top_p=top_p,
+                               keep_completions=keep_completions)
+        res["acc"] = res[f"avg@{k}"]
+        out[split] = res
     return out

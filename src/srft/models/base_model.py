@@ -182,34 +182,54 @@ def pretrain(model, tokenizer, docs: list[str], cfg: BaseModelConfig, seed: int,
     return losses
 
 
+def _sampling_engine(model, tokenizer, seed: int, batch_size: int):
+    # Seeds the global generator, as these functions always have: the callers (build, SFT
+    # check) own their process's random state.
+    from srft.rollout.engine import HFEngine
+
+    torch.manual_seed(seed)
+    return HFEngine(model, tokenizer.pad_token_id, tokenizer.eos_token_id, max_batch=batch_size)
+
+
+def _raw_prompt_ids(tokenizer, prompt: str) -> list[int]:
+    # the prompt text as is: the base model was pre-trained on plain text, no chat template
+    return tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
 @torch.no_grad()
 def sample_completions(model, tokenizer, prompts: list[str], k: int, temperature: float, seed: int,
                        max_new_tokens: int = 96, batch_size: int = 256) -> list[list[str]]:
     """k sampled responses per prompt (the rollout engine; temperature <= 0 is greedy)."""
-    from srft.rollout.engine import HFEngine
-
-    torch.manual_seed(seed)
-    engine = HFEngine(model, tokenizer.pad_token_id, tokenizer.eos_token_id, max_batch=batch_size)
-    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    responses = engine.generate(ids, k, max_new_tokens, temperature)
+    engine = _sampling_engine(model, tokenizer, seed, batch_size)
+    responses = engine.generate([_raw_prompt_ids(tokenizer, p) for p in prompts], k, max_new_tokens, temperature)
     return [[tokenizer.decode(r, skip_special_tokens=True) for r in resp_k] for resp_k in responses]
 
 
+@torch.no_grad()
 def measure_accuracy(model, tokenizer, task, split: str = "test_id", n_prompts: int = 64, k: int = 8,
                      temperature: float = 1.0, seed: int = 0, max_new_tokens: int | None = None,
                      return_details: bool = False):
-    """avg@k accuracy: the mean reward over k samples for each of n_prompts problems."""
+    """avg@k accuracy: the mean reward over k samples for each of n_prompts problems.
+
+    ``srft.evaluation.sampling.evaluate_splits`` samples and scores, on the raw prompt text,
+    from the global generator seeded with ``seed``.
+    """
+    from srft.evaluation.sampling import EvalPrompt, evaluate_splits
+
     rows = task.generate(split, n_prompts, seed)
     if max_new_tokens is None:
         longest = max(len(r.get("demonstration") or "") for r in rows)
         max_new_tokens = min(256, int(1.5 * longest) + 16)
-    comps = sample_completions(model, tokenizer, [r["prompt"] for r in rows], k, temperature, seed, max_new_tokens)
-    rewards = [[task.verify(c, r["answer"]).reward for c in cs] for r, cs in zip(rows, comps)]
-    acc = sum(sum(x) for x in rewards) / (len(rows) * k)
+    engine = _sampling_engine(model, tokenizer, seed, 256)
+    prompts = [EvalPrompt(_raw_prompt_ids(tokenizer, r["prompt"]), r["answer"]) for r in rows]
+    res = evaluate_splits(engine, tokenizer, task, {split: prompts}, k, temperature, max_new_tokens,
+                          keep_completions=return_details)[split]
     if return_details:
-        return acc, {"rows": rows, "completions": comps, "rewards": rewards,
-                     "pass_at_k": sum(max(x) for x in rewards) / len(rows)}
-    return acc
+        comps = [s["completions"] for s in res["samples"]]
+        rewards = [s["rewards"] for s in res["samples"]]
+        return res["acc"], {"rows": rows, "completions": comps, "rewards": rewards,
+                            "pass_at_k": sum(max(x) for x in rewards) / len(rows)}
+    return res["acc"]
 
 
 def _config_hash(d: dict) -> str:

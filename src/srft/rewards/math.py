@@ -52,7 +52,7 @@ from decimal import Decimal, InvalidOperation, localcontext
 from multiprocessing.connection import wait as _conn_wait
 from typing import NamedTuple
 
-from srft.tasks.base import Score
+from srft.scoring import Score
 
 __all__ = [
     "Verifier",

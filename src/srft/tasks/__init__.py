@@ -20,9 +20,11 @@ import inspect
 import sys
 from pathlib import Path
 
+from srft.scoring import Score
 from srft.tasks.addition import AdditionTask
-from srft.tasks.base import SPLITS, Score, Task
+from srft.tasks.base import SPLITS, Task
 from srft.tasks.expression import ExpressionTask
+from srft.tasks.files import FileTask
 
 TASKS: dict[str, type] = {
     AdditionTask.name: AdditionTask,
@@ -30,7 +32,8 @@ TASKS: dict[str, type] = {
 }
 DEFAULT_TASK = "addition"
 
-__all__ = ["TASKS", "DEFAULT_TASK", "base_model_task", "SPLITS", "Score", "Task", "TaskError", "get_task", "AdditionTask", "ExpressionTask"]
+__all__ = ["TASKS", "DEFAULT_TASK", "base_model_task", "SPLITS", "Score", "Task", "TaskError", "get_task", "make_task",
+           "AdditionTask", "ExpressionTask", "FileTask"]
 
 
 class TaskError(ValueError):
@@ -87,6 +90,18 @@ def get_task(spec: str, **kwargs) -> Task:
         except Exception:
             pass
     return task
+
+
+def make_task(cfg):
+    """The task of a config's ``data.task``: built-in, plugin, or data files (``file``).
+
+    Reads ``cfg.data`` only, so anything with a ``data`` section will do.
+    """
+    d = cfg.data
+    if d.task == "file":
+        return FileTask(d.train_file, {"test_id": d.test_id_file, "test_ood": d.test_ood_file}, d.reward,
+                        d.verifier_workers, d.verifier_timeout, d.verifier_think_answers)
+    return get_task(d.task)
 
 
 def _looks_like_task(obj) -> bool:

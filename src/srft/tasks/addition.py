@@ -51,7 +51,8 @@ import hashlib
 import random
 import re
 
-from srft.tasks.base import SPLITS, Score
+from srft.scoring import Score
+from srft.tasks.base import SPLITS
 
 ANSWER_RE = re.compile(r"####[ \t]*(-?\d+)")
 ANSWER_AT_END_RE = re.compile(r"####[ \t]*(-?\d+)\s*\Z")

@@ -20,23 +20,13 @@ import dataclasses
 import logging
 import math
 import numbers
-from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
+
+from srft.scoring import Score  # re-exported: plugins import it from here
 
 SPLITS = ("train", "test_id", "test_ood")
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Score:
-    """A verifier's verdict with its parts, so that metrics can say *why*."""
-
-    reward: float  # 1.0 for a correct final answer in the required format, else 0.0
-    extracted: str | None  # the final answer found in the completion, None if none
-    format_ok: bool  # an answer in the required format was found
-    correct: bool  # the extracted answer equals the gold answer
-    info: dict = field(default_factory=dict)  # anything else (timeouts, errors)
 
 
 @runtime_checkable

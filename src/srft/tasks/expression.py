@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import random
 
+from srft.scoring import Score
 from srft.tasks.addition import is_heldout, sample_unique, score_final_answer, split_rng
-from srft.tasks.base import Score
 
 
 def render(tokens: list) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from srft.tasks.base import Score
+from srft.scoring import Score
 
 # the config key each split's file comes from, named in error messages
 CONFIG_KEYS = {"train": "data.train_file", "test_id": "data.test_id_file", "test_ood": "data.test_ood_file"}

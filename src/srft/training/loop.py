@@ -70,12 +70,13 @@ import torch
 
 from srft import rundir
 from srft.config import Config, ObjectiveConfig, save_config
+from srft.evaluation.sampling import evaluate_splits as evaluate_test_splits
 from srft.models.loading import check_context, load_model_and_tokenizer, save_model, wrap_model
 from srft.objective import TERMS, agg_loss, kl_full, token_logprobs_and_entropy, token_losses
 from srft.rollout.engine import HFEngine
-from srft.tasks import get_task
-from srft.tasks.base import verify_all
-from srft.tasks.files import FileTask
+from srft.tasks import make_task
+from srft.tasks.base import verify_all  # a module global: tests patch it
+from srft.training.batching import pad_batch, response_logits, response_logprobs
 from srft.training.checkpoint import (
     CheckpointError,
     config_hash,
@@ -101,15 +102,6 @@ TEST_SPLITS = ("test_id", "test_ood")
 
 class DivergenceError(RuntimeError):
     """Training stopped because its loss, gradients or weights stopped being finite."""
-
-
-def make_task(cfg: Config):
-    """The task of ``data.task``: built-in, plugin, or data files (``file``)."""
-    d = cfg.data
-    if d.task == "file":
-        return FileTask(d.train_file, {"test_id": d.test_id_file, "test_ood": d.test_ood_file}, d.reward,
-                        d.verifier_workers, d.verifier_timeout, d.verifier_think_answers)
-    return get_task(d.task)
 
 
 def make_run_dir(cfg: Config) -> Path:
@@ -150,47 +142,6 @@ def prompts_for_step(n_examples: int, step: int, per_step: int, seed: int) -> li
     return out
 
 
-# --------------------------------------------------------------------------- batching
-
-
-def pad_batch(seqs: list[tuple[list[int], list[int]]], pad_id: int, device) -> dict:
-    """Right-pad (prompt, response) pairs for one forward pass.
-
-    Returns input_ids_BL / attention_BL for the model, and for the response tokens
-    tokens_BT (the response ids), mask_BT, and pos_BT: the position in the logits that
-    predicts each response token (prompt length - 1 + t).
-    """
-    B = len(seqs)
-    L = max(len(p) + len(r) for p, r in seqs) - 1
-    T = max(len(r) for _, r in seqs)
-    input_ids_BL = torch.full((B, L), pad_id, dtype=torch.long)
-    attention_BL = torch.zeros((B, L), dtype=torch.long)
-    tokens_BT = torch.full((B, T), pad_id, dtype=torch.long)
-    mask_BT = torch.zeros((B, T), dtype=torch.float32)
-    pos_BT = torch.zeros((B, T), dtype=torch.long)
-    for b, (p, r) in enumerate(seqs):
-        full = (p + r)[:-1]  # the last token is only a target
-        input_ids_BL[b, :len(full)] = torch.tensor(full)
-        attention_BL[b, :len(full)] = 1
-        tokens_BT[b, :len(r)] = torch.tensor(r)
-        mask_BT[b, :len(r)] = 1
-        pos_BT[b, :len(r)] = torch.arange(len(p) - 1, len(p) - 1 + len(r))
-    return {k: v.to(device) for k, v in dict(input_ids_BL=input_ids_BL, attention_BL=attention_BL,
-                                             tokens_BT=tokens_BT, mask_BT=mask_BT, pos_BT=pos_BT).items()}
-
-
-def response_logits(model, batch: dict) -> torch.Tensor:
-    """The logits that predict each response token: [B, T, V]."""
-    logits_BLV = model(input_ids=batch["input_ids_BL"], attention_mask=batch["attention_BL"]).logits
-    V = logits_BLV.shape[-1]
-    return logits_BLV.gather(1, batch["pos_BT"].unsqueeze(-1).expand(-1, -1, V))
-
-
-def response_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """log pi and entropy at every response token: ([B, T], [B, T])."""
-    return token_logprobs_and_entropy(response_logits(model, batch), batch["tokens_BT"])
-
-
 # --------------------------------------------------------------------------- evaluation
 
 
@@ -198,23 +149,8 @@ def evaluate_splits(engine, tokenizer, task, tests: dict[str, list[Example]], cf
     # Evaluation samples from its own seeded random stream: it does not move the training's
     # random state (so a resumed run matches an uninterrupted one whatever the evaluation
     # schedule), and every evaluation of a run draws its samples the same way.
-    device = next(engine.model.parameters()).device if hasattr(engine, "model") else torch.device("cpu")
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(cfg.run.seed + 1_000_003)
-        return _evaluate_splits(engine, tokenizer, task, tests, cfg)
-
-
-def _evaluate_splits(engine, tokenizer, task, tests: dict[str, list[Example]], cfg: Config) -> dict:
-    from srft.evaluation.sampling import evaluate_prompts
-
-    out = {}
-    for split, examples in tests.items():
-        res = evaluate_prompts(engine, tokenizer, [e.prompt_ids for e in examples], [e.answer for e in examples],
-                               task, k=cfg.run.eval_k, temperature=cfg.run.eval_temperature,
-                               max_new_tokens=cfg.data.max_response_tokens)
-        res["acc"] = res[f"avg@{cfg.run.eval_k}"]
-        out[split] = res
-    return out
+    return evaluate_test_splits(engine, tokenizer, task, tests, cfg.run.eval_k, cfg.run.eval_temperature,
+                                cfg.data.max_response_tokens, seed=cfg.run.seed + 1_000_003)
 
 
 # --------------------------------------------------------------------------- the loop

@@ -297,3 +297,45 @@ def test_inactive_terms_are_zero_for_grpo_preset():
     for name in ("sft", "offpolicy", "pos", "neg", "kl"):
         assert torch.count_nonzero(terms[name]) == 0, name
     assert torch.count_nonzero(terms["grpo"]) > 0
+
+
+# --------------------------------------------------------------------------- engine log-probs: old log-probs, TIS
+def test_tis_weight_by_hand():
+    from srft.objective import tis_weight
+
+    logp_BT = torch.log(torch.tensor([[0.5, 0.2, 0.9]]))
+    # engine probabilities 0.25, 0.4 and none (a demonstration token: NaN)
+    rollout_BT = torch.tensor([[math.log(0.25), math.log(0.4), float("nan")]])
+    # ratios 0.5/0.25 = 2 (capped at 1.5), 0.2/0.4 = 0.5, and 1 where the engine gave nothing
+    assert tis_weight(logp_BT, rollout_BT, cap=1.5)[0].tolist() == pytest.approx([1.5, 0.5, 1.0])
+    assert tis_weight(logp_BT, rollout_BT, cap=0.0).tolist() == [[1.0, 1.0, 1.0]]  # off
+    assert tis_weight(logp_BT, None, cap=2.0).tolist() == [[1.0, 1.0, 1.0]]  # the HF engine: no log-probs
+    w = tis_weight(logp_BT.clone().requires_grad_(), rollout_BT, cap=2.0)
+    assert not w.requires_grad  # a weight, not a path for the gradient
+
+
+def test_grpo_ratio_uses_engine_logprobs_unless_tis_is_on():
+    # one rollout token, advantage 1: the surrogate is -ratio, ratio = pi / pi_old
+    logp = torch.log(torch.tensor([[0.5]])).requires_grad_()
+    rollout = torch.log(torch.tensor([[0.25]]))
+    args = (torch.zeros(1, 1), torch.ones(1, 1), torch.tensor([False]), torch.tensor([True]), torch.tensor([1.0]))
+    grpo = dict(demonstrations=False, sft_coef=0.0, offpolicy_coef=0.0, self_rollout="grpo", entropy_coef=0.0,
+                clip_eps=10.0, clip_eps_high=10.0)
+    terms, _ = token_losses(ObjectiveConfig(**grpo), logp, *args, rollout_logp_BT=rollout)
+    assert float(terms["grpo"]) == pytest.approx(-2.0)  # old = the engine's 0.25: ratio 2
+    terms, _ = token_losses(ObjectiveConfig(**grpo, tis_cap=1.5), logp, *args, rollout_logp_BT=rollout)
+    assert float(terms["grpo"]) == pytest.approx(-1.5)  # ratio 1 (old = the trainer's own) x TIS weight min(2, 1.5)
+    terms, _ = token_losses(ObjectiveConfig(**grpo), logp, *args)
+    assert float(terms["grpo"]) == pytest.approx(-1.0)  # no engine log-probs: ratio 1
+
+
+def test_srft_rollout_terms_take_the_tis_weight():
+    logp = torch.log(torch.tensor([[0.5], [0.5]]))
+    rollout = torch.log(torch.tensor([[0.25], [1.0]]))  # ratios 2 and 0.5
+    cfg = ObjectiveConfig(demonstrations=False, sft_coef=0.0, offpolicy_coef=0.0, entropy_coef=0.0,
+                          rl_weight="constant", rl_coef=1.0, tis_cap=3.0)
+    terms, _ = token_losses(cfg, logp, torch.zeros(2, 1), torch.ones(2, 1), torch.tensor([False, False]),
+                            torch.tensor([True, False]), torch.zeros(2), rollout_logp_BT=rollout)
+    # correct: w_RL (1) * -log 0.5 * 2 = 1.386; wrong: +log 0.5 * 0.5 = -0.347
+    assert terms["pos"][:, 0].tolist() == pytest.approx([2 * math.log(2), 0.0], abs=1e-5)
+    assert terms["neg"][:, 0].tolist() == pytest.approx([0.0, 0.5 * math.log(0.5)], abs=1e-5)

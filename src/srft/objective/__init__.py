@@ -11,6 +11,7 @@ from srft.objective.losses import (
     kl_full,
     kl_k3,
     offpolicy_loss,
+    old_logprobs,
     phi_weight,
     prefix_keep_mask,
     prob_weight,
@@ -18,6 +19,7 @@ from srft.objective.losses import (
     self_rollout_loss,
     sft_loss,
     sft_weight,
+    tis_weight,
     token_logprobs_and_entropy,
     weight_factor,
 )
@@ -25,5 +27,5 @@ from srft.objective.losses import (
 __all__ = [
     "TERMS", "token_losses", "agg_loss", "chord_mu", "entropy_for_weights", "group_advantages", "grpo_loss", "kl_full", "kl_k3",
     "offpolicy_loss", "phi_weight", "prob_weight", "rl_weight", "self_rollout_loss", "sft_loss", "sft_weight", "token_logprobs_and_entropy",
-    "controller_update", "prefix_keep_mask", "weight_factor",
+    "controller_update", "prefix_keep_mask", "weight_factor", "old_logprobs", "tis_weight",
 ]

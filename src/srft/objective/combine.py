@@ -25,11 +25,13 @@ from srft.objective.losses import (
     grpo_loss,
     kl_k3,
     offpolicy_loss,
+    old_logprobs,
     prefix_keep_mask,
     rl_weight,
     self_rollout_loss,
     sft_loss,
     sft_weight,
+    tis_weight,
 )
 
 # Every term the objective can produce, in logging order.
@@ -52,6 +54,7 @@ def token_losses(
     rl_factor: float = 1.0,  # the step's factor of w_RL (rl_weight linear/cosine/target)
     prefix_len_B: torch.Tensor | None = None,  # [B] Prefix-RFT: demonstration tokens opening each rollout
     kl_BT: torch.Tensor | None = None,  # [B, T] full-vocabulary KL to the reference (kl_estimator=full)
+    rollout_logp_BT: torch.Tensor | None = None,  # [B, T] the engine's log-probs of rollout tokens (NaN: none)
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Return (terms, weights): terms name -> [B, T] loss, weights 'w_sft'/'w_rl' -> [B, T] (detached).
 
@@ -78,6 +81,8 @@ def token_losses(
     w_sft_BT = sft_share * sft_weight(h_demo_BT, cfg.sft_coef, cfg.sft_weight, logp_BT, sft_factor) * demo_BT
     w_rl_BT = rl_weight(h_roll_BT, cfg.rl_coef, cfg.rl_weight, logp_BT, rl_factor) * roll_BT
 
+    # Own rollouts sampled by an engine other than the trainer: optional truncated IS weight.
+    tis_BT = tis_weight(logp_BT, rollout_logp_BT, cfg.tis_cap)
     terms = {name: zeros for name in TERMS}
     if cfg.sft_coef != 0:
         terms["sft"] = sft_loss(logp_BT, w_sft_BT) * demo_BT
@@ -85,14 +90,15 @@ def token_losses(
         terms["offpolicy"] = cfg.offpolicy_coef * offpolicy_loss(
             logp_BT, adv_B, cfg.offpolicy_shaping, cfg.shaping_gamma) * demo_BT
     if cfg.self_rollout == "srft":
-        both_BT = self_rollout_loss(logp_BT, correct_B, w_rl_BT, cfg.neg_coef)
+        both_BT = tis_BT * self_rollout_loss(logp_BT, correct_B, w_rl_BT, cfg.neg_coef)
         correct_BT = correct_B.unsqueeze(-1).to(mask.dtype)
         terms["pos"] = both_BT * roll_BT * correct_BT
         terms["neg"] = both_BT * roll_BT * (1 - correct_BT)
     elif cfg.self_rollout == "grpo":
-        old = old_logp_BT if old_logp_BT is not None else logp_BT.detach()
-        surrogate_BT, _ = grpo_loss(logp_BT, old, adv_B, cfg.clip_eps, cfg.clip_eps_high)
-        terms["grpo"] = surrogate_BT * roll_BT
+        if old_logp_BT is None:  # with TIS the ratio is the trainer's own; without, the engine's
+            old_logp_BT = old_logprobs(logp_BT, rollout_logp_BT, use_rollout=cfg.tis_cap <= 0)
+        surrogate_BT, _ = grpo_loss(logp_BT, old_logp_BT, adv_B, cfg.clip_eps, cfg.clip_eps_high)
+        terms["grpo"] = tis_BT * surrogate_BT * roll_BT
     elif cfg.self_rollout != "none":
         raise ValueError(f"self_rollout must be srft, grpo or none, got {cfg.self_rollout!r}")
     if cfg.entropy_coef != 0:

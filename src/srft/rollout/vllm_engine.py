@@ -70,11 +70,11 @@ import torch
 
 # vLLM reads these when it is imported or when the engine starts: set the defaults first.
 # VLLM_ENABLE_V1_MULTIPROCESSING=0 keeps vLLM's engine core and worker in this process (the
-# in-process weight transfer relies on it); logging at WARNING keeps a training run's
+# in-process weight transfer relies on it); logging at ERROR keeps a training run's
 # output readable. Whatever the user has set wins.
 _ENV_DEFAULTS = {
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-    "VLLM_LOGGING_LEVEL": "WARNING",
+    "VLLM_LOGGING_LEVEL": "ERROR",
 }
 for _k, _v in _ENV_DEFAULTS.items():
     os.environ.setdefault(_k, _v)

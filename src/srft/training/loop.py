@@ -73,7 +73,7 @@ from srft.config import Config, ObjectiveConfig, save_config
 from srft.evaluation.sampling import evaluate_splits as evaluate_test_splits
 from srft.models.loading import check_context, load_model_and_tokenizer, save_model, wrap_model
 from srft.objective import TERMS, agg_loss, kl_full, token_logprobs_and_entropy, token_losses
-from srft.rollout.engine import HFEngine
+from srft.rollout.engine import build_engine, generate_with_logprobs
 from srft.tasks import make_task
 from srft.tasks.base import verify_all  # a module global: tests patch it
 from srft.training.batching import pad_batch, response_logits, response_logprobs
@@ -208,8 +208,20 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                   weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    engine = HFEngine(model, tokenizer.pad_token_id, tokenizer.eos_token_id)
+    engine = build_engine(cfg, model, tokenizer, model_path)
     t = Trainer(cfg, model, ref_model, engine, tokenizer, task, train_set, optimizer, scheduler, device)
+    try:
+        return run(t, tests, run_dir, model_path, resume, say)
+    finally:
+        close = getattr(engine, "close", None)  # vLLM: before any process group goes
+        if callable(close):
+            close()
+
+
+def run(t: Trainer, tests: dict, run_dir: Path, model_path: Path, resume: bool, say) -> Path:
+    """Resume or evaluate the start, run the steps, and finish the run directory."""
+    cfg, model, tokenizer, optimizer, scheduler = t.cfg, t.model, t.tokenizer, t.optimizer, t.scheduler
+    engine, task = t.engine, t.task
     methods = build_step_methods(cfg, lambda step: sft_gradient_norm(t, step_prompts(t, step)))
     pool = next(m for m in methods if isinstance(m, DemoPool))
     log = MetricsLog(run_dir / rundir.METRICS)
@@ -222,6 +234,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
     start_step = 0
     if resume:
         start_step = restore(t, methods, run_dir)
+        engine.sync_weights(model)  # an engine with its own weights has those of the start
         log.truncate_from(start_step)
         eval_log.truncate_from(start_step + 1)
         if start_step >= cfg.run.steps and (run_dir / rundir.EVAL).exists():
@@ -437,10 +450,13 @@ def collect(t: Trainer, plan: StepPlan, pool: DemoPool, times: dict) -> StepBatc
 
     batch = StepBatch(idx=idx, n_plain=n_plain, n_prefixed=n_prefixed)
     for g, (ex, p_ids) in enumerate(zip(examples, prompt_ids)):
-        for r in responses[g]:
-            batch.add(p_ids, r, g, ex.answer)
-        for c in continuations[g]:
-            batch.add(p_ids, prefixes[g] + c, g, ex.answer, prefix_len=len(prefixes[g]))
+        for r, lp in responses[g]:
+            batch.add(p_ids, r, g, ex.answer, logprobs=lp)
+        pre = prefixes[g]
+        for c, lp in continuations[g]:  # the prefix is the demonstration's: no engine log-probs
+            batch.add(p_ids, pre + c, g, ex.answer, prefix_len=len(pre),
+                      logprobs=None if lp is None else [float("nan")] * len(pre) + lp)
+    responses = [[r for r, _ in rs] for rs in responses]
     decode = lambda ids: t.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
     with timed("score", times):
         scores = verify_all(t.task, [decode(r) for r in batch.responses], batch.answers)
@@ -468,23 +484,28 @@ def collect(t: Trainer, plan: StepPlan, pool: DemoPool, times: dict) -> StepBatc
 
 
 def generate_rollouts(t: Trainer, plan: StepPlan, prompt_ids, expert_ids, n_plain: int, n_prefixed: int):
-    """(responses, prefixes, continuations): n_plain plain rollouts per prompt and, for
-    Prefix-RFT, n_prefixed continuations of a demonstration prefix."""
+    """(responses, prefixes, continuations): per prompt, n_plain plain rollouts and, for
+    Prefix-RFT, n_prefixed continuations of a demonstration prefix; each rollout as
+    (token ids, the engine's log-probs of them or None)."""
     cfg = t.cfg
     max_new = cfg.data.max_response_tokens
-    responses = t.engine.generate(prompt_ids, n_plain, max_new, cfg.rollout.temperature, cfg.rollout.top_p) \
-        if n_plain else [[] for _ in prompt_ids]
+
+    def sample(prompts, n, limit):
+        ids, lps = generate_with_logprobs(t.engine, prompts, n, limit, cfg.rollout.temperature, cfg.rollout.top_p)
+        return [list(zip(i, lp)) for i, lp in zip(ids, lps)]
+
+    responses = sample(prompt_ids, n_plain, max_new) if n_plain else [[] for _ in prompt_ids]
     prefixes: list[list[int]] = [[] for _ in prompt_ids]
-    continuations: list[list[list[int]]] = [[] for _ in prompt_ids]
+    continuations: list[list] = [[] for _ in prompt_ids]
     if n_prefixed:  # continue from the first ratio * len tokens of the demonstration
         ratio = prefix_ratio(plan.objective, plan.step, cfg.run.steps)
         for g, d_ids in enumerate(expert_ids):
             if d_ids:
                 prefixes[g] = d_ids[:min(round(ratio * len(d_ids)), len(d_ids) - 1)]
-        continuations = t.engine.generate([p + pre for p, pre in zip(prompt_ids, prefixes)], n_prefixed,
-                                          max_new, cfg.rollout.temperature, cfg.rollout.top_p)
+        continuations = sample([p + pre for p, pre in zip(prompt_ids, prefixes)], n_prefixed, max_new)
         # a prefix eats into the response budget
-        continuations = [[c[:max_new - len(pre)] for c in cs] for pre, cs in zip(prefixes, continuations)]
+        continuations = [[(c[:max_new - len(pre)], None if lp is None else lp[:max_new - len(pre)]) for c, lp in cs]
+                         for pre, cs in zip(prefixes, continuations)]
     return responses, prefixes, continuations
 
 
@@ -496,7 +517,8 @@ def update(t: Trainer, batch: StepBatch, plan: StepPlan, times: dict) -> dict:
     # Global counts so that micro-batch losses add up to the step's loss.
     counts = dict(num_tokens=float(sum(lengths)), num_seqs=float(len(lengths)), max_len=cfg.data.max_response_tokens)
     stats = {f"loss_{n}": 0.0 for n in TERMS}
-    stats.update({k: 0.0 for k in ("ent_roll", "ent_demo", "tok_roll", "tok_demo", "w_sft", "w_rl", "prob_demo")})
+    stats.update({k: 0.0 for k in ("ent_roll", "ent_demo", "tok_roll", "tok_demo", "w_sft", "w_rl", "prob_demo",
+                                   "mismatch_sum", "mismatch_tokens")})
     t.optimizer.zero_grad(set_to_none=True)
     with timed("forward_backward", times):
         order = sorted(range(len(lengths)), key=lambda i: lengths[i])  # similar lengths share a micro-batch
@@ -543,11 +565,13 @@ def micro_batch_step(t: Trainer, batch: StepBatch, ids: list[int], plan: StepPla
             kl_BT = kl_full(torch.log_softmax(logits_BTV.float(), -1), torch.log_softmax(ref_logits_BTV.float(), -1))
         del ref_logits_BTV
     demo_B = batch.is_demo_N[ids].to(t.device)
+    rollout_BT = batch.rollout_logprobs_BT(ids, mask_BT.shape[1])
+    rollout_BT = rollout_BT.to(t.device) if rollout_BT is not None else None
     terms, weights = token_losses(obj, logp_BT, ent_BT, mask_BT, demo_B, batch.correct_N[ids].to(t.device),
                                   batch.adv_N[ids].to(t.device), None, ref_BT, step=plan.step,
                                   sft_factor=plan.factors[0], rl_factor=plan.factors[1],
                                   prefix_len_B=batch.prefix_N[ids].to(t.device) if batch.n_prefixed else None,
-                                  kl_BT=kl_BT)
+                                  kl_BT=kl_BT, rollout_logp_BT=rollout_BT)
     reduced = {n: agg_loss(v, mask_BT, obj.loss_agg, **counts) for n, v in terms.items()}
     sum(reduced.values()).backward()
     with torch.no_grad():  # the micro-batch's share of the step's figures
@@ -562,6 +586,10 @@ def micro_batch_step(t: Trainer, batch: StepBatch, ids: list[int], plan: StepPla
         stats["w_sft"] += float((weights["w_sft"] * demo_BT).sum())
         stats["w_rl"] += float((weights["w_rl"] * roll_BT).sum())
         stats["prob_demo"] += float((logp_BT.exp() * demo_BT).sum())
+        if rollout_BT is not None:  # how far the engine's log-probs are from the trainer's
+            known_BT = ~torch.isnan(rollout_BT) & (mask_BT > 0)
+            stats["mismatch_sum"] += float((logp_BT - rollout_BT).abs()[known_BT].sum())
+            stats["mismatch_tokens"] += float(known_BT.sum())
 
 
 def make_record(t: Trainer, batch: StepBatch, stats: dict, plan: StepPlan, pool: DemoPool, times: dict,
@@ -606,6 +634,8 @@ def make_record(t: Trainer, batch: StepBatch, stats: dict, plan: StepPlan, pool:
         "sft_factor": plan.factors[0], "rl_factor": plan.factors[1],
         "prefix_ratio": prefix_ratio(obj, plan.step, t.cfg.run.steps) if batch.n_prefixed else None,
         "demo_prob": stats["prob_demo"] / tok_demo if tok_demo else None,
+        # mean |log pi_trainer - log pi_engine| over rollout tokens (an engine with its own weights)
+        "logprob_mismatch": stats["mismatch_sum"] / stats["mismatch_tokens"] if stats["mismatch_tokens"] else None,
         **sums,
         "loss": sum(sums.values()),
         "grad_norm": stats["grad_norm"],

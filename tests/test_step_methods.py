@@ -119,3 +119,14 @@ def test_step_batch_advantages_over_rollouts_and_demonstrations():
     assert b.correct_N.tolist() == [True, False, False, False, True]
     with pytest.raises(ValueError, match="4 scores for 5 sequences"):
         b.finish([_score(0.0)] * 4, "std", 1e-6)
+
+
+def test_step_schedules_are_steps_or_fractions_of_the_run():
+    from srft.config import ConfigError, step_count, with_step_counts
+
+    assert step_count(0.3333, 300) == 100 and step_count(0.3333, 60) == 20  # round(99.99), round(19.998)
+    assert step_count(25, 300) == 25 and step_count(0, 300) == 0
+    cfg = with_step_counts(load_config("sft-then-grpo", None, ["run.steps=60", "objective.mu_decay_steps=7"]))
+    assert (cfg.objective.sft_stage_steps, cfg.objective.mu_decay_steps) == (20, 7)
+    with pytest.raises(ConfigError, match="whole number of steps"):
+        load_config("sasr", None, ["objective.sasr_warmup_steps=2.5"])

@@ -30,6 +30,10 @@ class ConfigError(ValueError):
     """A configuration key or value is wrong; the message says which and how to fix it."""
 
 
+# Step schedules given either way, so that presets and suites need no rescaling for another run.steps.
+STEPS_OR_FRACTION = "A number below 1 is a fraction of run.steps, 1 or more a count of steps."
+STEP_SCHEDULE_KEYS = ("sft_stage_steps", "mu_warmup_steps", "mu_decay_steps", "sasr_warmup_steps")
+
 # numpy's seeding (np.random.seed) takes 0 <= seed < 2**32
 SEED_RANGE = "[0, 4294967295]"
 
@@ -169,8 +173,9 @@ class ObjectiveConfig:
     neg_coef: float = _f(1.0, "Weight of the +log pi term on wrong rollouts (the paper uses 1).", range='[0, inf)')
     clip_eps: float = _f(0.2, "GRPO surrogate: lower clip range.", range='[0, inf]')
     clip_eps_high: float = _f(0.2, "GRPO surrogate: upper clip range (DAPO's clip-higher uses e.g. 0.28).", range='[0, inf]')
-    sft_stage_steps: int = _f(0, "Steps of plain SFT on demonstrations before this objective takes over "
-                                 "(the two-stage SFT-then-RL baseline); 0 = a single stage.", range='[0, inf)')
+    sft_stage_steps: float = _f(0, "Steps of plain SFT on demonstrations before this objective takes over "
+                                   "(the two-stage SFT-then-RL baseline); 0 = a single stage. " + STEPS_OR_FRACTION,
+                                range='[0, inf)')
     relift_buffer: int = _f(0, "ReLIFT: demonstrations of prompts whose rollouts all failed are buffered; when this "
                                "many are, the next step is an SFT step on them instead of an RL step; 0 = off.", range='[0, inf)')
     mix: Literal["add", "chord"] = _f(
@@ -178,8 +183,10 @@ class ObjectiveConfig:
         "(1-mu) * (every other term) + mu * (SFT term), mu following the mu_* schedule over training steps.")
     mu_peak: float = _f(0.9, "mix=chord: mu at the end of the warm-up (the largest SFT share).", range='[0, 1]')
     mu_valley: float = _f(0.05, "mix=chord: mu after the cosine decay (and throughout when there is no warm-up or decay).", range='[0, 1]')
-    mu_warmup_steps: int = _f(0, "mix=chord: steps of linear warm-up of mu from 0 to mu_peak.", range='[0, inf)')
-    mu_decay_steps: int = _f(0, "mix=chord: steps of cosine decay of mu from mu_peak to mu_valley after the warm-up.", range='[0, inf)')
+    mu_warmup_steps: float = _f(0, "mix=chord: steps of linear warm-up of mu from 0 to mu_peak. " + STEPS_OR_FRACTION,
+                                range='[0, inf)')
+    mu_decay_steps: float = _f(0, "mix=chord: steps of cosine decay of mu from mu_peak to mu_valley after the "
+                                  "warm-up. " + STEPS_OR_FRACTION, range='[0, inf)')
     entropy_granularity: Literal["token", "sequence", "batch"] = _f(
         "sequence", "Entropy H used in the weights: per token, per sequence mean, or batch mean.")
     entropy_coef: float = _f(0.001, "Entropy bonus coefficient (loss -= coef * entropy).", range='(-inf, inf)')
@@ -199,8 +206,9 @@ class ObjectiveConfig:
     prefix_ratio_end: float = _f(0.05, "Prefix-RFT: the fraction at the last step (cosine decay in between).", range='[0, 1]')
     prefix_entropy_top: float = _f(0.2, "Prefix-RFT: only this fraction of each prefix's tokens, those of highest "
                                         "entropy, get the policy-gradient term; 1 = all prefix tokens.", range='(0, 1]')
-    sasr_warmup_steps: int = _f(0, "SASR: steps of plain SFT, then each step is SFT with probability g/(g + g0) "
-                                   "(g: this step's SFT gradient norm, g0: its warm-up mean), else RL; 0 = off.", range='[0, inf)')
+    sasr_warmup_steps: float = _f(0, "SASR: steps of plain SFT, then each step is SFT with probability g/(g + g0) "
+                                     "(g: this step's SFT gradient norm, g0: its warm-up mean), else RL; 0 = off. "
+                                     + STEPS_OR_FRACTION, range='[0, inf)')
     tis_cap: float = _f(0.0, "Truncated importance sampling against the engine/trainer mismatch (rollout.engine="
                              "vllm): rollout tokens' policy terms are weighted by min(pi_trainer / pi_engine, cap), "
                              "and the GRPO ratio's old log-probs are the trainer's; 0 = off, the GRPO ratio's old "
@@ -406,6 +414,11 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"data.{given[0]} is set but data.task is '{cfg.data.task}', which does not read "
                               f"files; add data.task=file to train on the files, or drop data.{given[0]}")
     o = cfg.objective
+    for key in STEP_SCHEDULE_KEYS:
+        value = getattr(o, key)
+        if value >= 1 and value != int(value):
+            raise ConfigError(f"objective.{key} must be a fraction of run.steps below 1 or a whole number of steps, "
+                              f"got {value}")
     if o.prefix_rollouts > cfg.rollout.n:
         raise ConfigError(f"objective.prefix_rollouts must be in [0, rollout.n={cfg.rollout.n}], got {o.prefix_rollouts}")
     betas = cfg.optim.betas
@@ -419,6 +432,17 @@ def validate(cfg: Config) -> None:
     except (KeyError, IndexError, ValueError) as e:
         raise ConfigError(f"run.out_dir {cfg.run.out_dir!r}: only {{method}} and {{time}} are filled in "
                           f"({type(e).__name__}: {e}); write a literal brace as {{{{ or }}}}") from e
+
+
+def step_count(value: float, total_steps: int) -> int:
+    """A step schedule's length in steps: ``value`` steps, or ``value`` x ``total_steps`` below 1."""
+    return round(value * total_steps) if value < 1 else int(value)
+
+
+def with_step_counts(cfg: Config) -> Config:
+    """A copy of ``cfg`` whose step schedules (``STEP_SCHEDULE_KEYS``) are whole steps of this run."""
+    counts = {k: step_count(getattr(cfg.objective, k), cfg.run.steps) for k in STEP_SCHEDULE_KEYS}
+    return dataclasses.replace(cfg, objective=dataclasses.replace(cfg.objective, **counts))
 
 
 def save_config(cfg: Config, path: Path) -> None:

@@ -69,7 +69,7 @@ import numpy as np
 import torch
 
 from srft import rundir
-from srft.config import Config, ObjectiveConfig, save_config
+from srft.config import Config, ObjectiveConfig, save_config, with_step_counts
 from srft.evaluation.sampling import evaluate_splits as evaluate_test_splits
 from srft.models.loading import check_context, load_model_and_tokenizer, save_model, wrap_model
 from srft.objective import TERMS, agg_loss, kl_full, token_logprobs_and_entropy, token_losses
@@ -209,20 +209,23 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
                                   weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     engine = build_engine(cfg, model, tokenizer, model_path)
-    t = Trainer(cfg, model, ref_model, engine, tokenizer, task, train_set, optimizer, scheduler, device)
+    # the phases see step schedules in whole steps; the run directory keeps the config as given
+    t = Trainer(with_step_counts(cfg), model, ref_model, engine, tokenizer, task, train_set, optimizer, scheduler,
+                device)
     try:
-        return run(t, tests, run_dir, model_path, resume, say)
+        return run(t, cfg, tests, run_dir, model_path, resume, say)
     finally:
         close = getattr(engine, "close", None)  # vLLM: before any process group goes
         if callable(close):
             close()
 
 
-def run(t: Trainer, tests: dict, run_dir: Path, model_path: Path, resume: bool, say) -> Path:
-    """Resume or evaluate the start, run the steps, and finish the run directory."""
-    cfg, model, tokenizer, optimizer, scheduler = t.cfg, t.model, t.tokenizer, t.optimizer, t.scheduler
+def run(t: Trainer, cfg: Config, tests: dict, run_dir: Path, model_path: Path, resume: bool, say) -> Path:
+    """Resume or evaluate the start, run the steps, and finish the run directory (``cfg``: the
+    config as given, saved and checked on resume; ``t.cfg``: with step schedules in steps)."""
+    model, tokenizer, optimizer, scheduler = t.model, t.tokenizer, t.optimizer, t.scheduler
     engine, task = t.engine, t.task
-    methods = build_step_methods(cfg, lambda step: sft_gradient_norm(t, step_prompts(t, step)))
+    methods = build_step_methods(t.cfg, lambda step: sft_gradient_norm(t, step_prompts(t, step)))
     pool = next(m for m in methods if isinstance(m, DemoPool))
     log = MetricsLog(run_dir / rundir.METRICS)
     eval_log = MetricsLog(run_dir / rundir.EVAL_HISTORY)
@@ -233,7 +236,7 @@ def run(t: Trainer, tests: dict, run_dir: Path, model_path: Path, resume: bool, 
 
     start_step = 0
     if resume:
-        start_step = restore(t, methods, run_dir)
+        start_step = restore(t, cfg, methods, run_dir)
         engine.sync_weights(model)  # an engine with its own weights has those of the start
         log.truncate_from(start_step)
         eval_log.truncate_from(start_step + 1)
@@ -270,7 +273,7 @@ def run(t: Trainer, tests: dict, run_dir: Path, model_path: Path, resume: bool, 
     bad_in_row = 0  # the divergence guard's count of consecutive skipped steps
     try:
         for step in range(start_step, cfg.run.steps):
-            plan = StepPlan(step, cfg.objective)
+            plan = StepPlan(step, t.cfg.objective)
             for m in methods:
                 m.plan(plan)
             record = train_step(t, plan, pool)
@@ -362,9 +365,8 @@ def run(t: Trainer, tests: dict, run_dir: Path, model_path: Path, resume: bool, 
     return run_dir
 
 
-def restore(t: Trainer, methods: list, run_dir: Path) -> int:
+def restore(t: Trainer, cfg: Config, methods: list, run_dir: Path) -> int:
     """Load the checkpoint of ``run_dir`` into the trainer and the methods; return its step."""
-    cfg = t.cfg
     state = load_checkpoint(run_dir, t.model)
     if state.get("config") is not None:  # checkpoints of earlier versions carry no config
         if config_hash(fixed_part(state["config"])) != config_hash(fixed_part(cfg.to_dict())):

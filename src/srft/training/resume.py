@@ -11,7 +11,8 @@ from __future__ import annotations
 from srft.config import Config, ConfigError
 
 MAY_CHANGE = {
-    "run.steps": "extend (or shorten) the run; step-based schedules stretch to the new length",
+    "run.steps": "extend (or shorten) the run; schedules over the run (the learning rate's, and step "
+                 "schedules given as fractions, e.g. a two-stage run's SFT stage) stretch to the new length",
     "run.eval_every": "how often to evaluate",
     "run.save_every": "how often to save",
     "run.keep_checkpoints": "how many checkpoints to keep",

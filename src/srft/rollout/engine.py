@@ -91,6 +91,9 @@ def generate_with_logprobs(engine, prompts: list[list[int]], n: int, max_new_tok
     return ids, [[None for _ in resp] for resp in ids]
 
 
+TEMPLATE_ROOM = 512  # tokens a chat template may add to a prompt, on top of data.max_prompt_tokens
+
+
 class EngineError(RuntimeError):
     """The configured engine cannot start here; the message says what to install or change."""
 
@@ -110,8 +113,13 @@ def build_engine(cfg, model: torch.nn.Module, tokenizer, model_path) -> RolloutE
 
     r = cfg.rollout
     dtype = next(name for name, dt in DTYPES.items() if dt == next(model.parameters()).dtype)
+    # data.max_prompt_tokens counts the prompt's text; a chat template adds a system prompt and
+    # role markers (30-160 tokens with the templates seen), so vLLM gets room for them, within
+    # the model's context window.
+    wanted = cfg.data.max_prompt_tokens + cfg.data.max_response_tokens + TEMPLATE_ROOM
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     engine = VLLMEngine(model_path, eos_id=tokenizer.eos_token_id, dtype=dtype,
-                        max_model_len=cfg.data.max_prompt_tokens + cfg.data.max_response_tokens, seed=cfg.run.seed,
+                        max_model_len=min(wanted, context) if context else wanted, seed=cfg.run.seed,
                         max_num_seqs=r.vllm_max_num_seqs, kv_cache_gib=r.vllm_kv_cache_gib or None,
                         gpu_memory_utilization=r.vllm_gpu_memory_utilization)
     # vLLM loaded the weights from disk; the model may differ already (LoRA wrapping, a resume)

@@ -20,20 +20,10 @@ from srft.training.loop import train  # noqa: E402
 @pytest.fixture(scope="module")
 def vllm_model_dir(tmp_path_factory):
     """A tiny Llama vLLM's CPU backend can run (head size 32), with srft's character tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from conftest import write_tiny_llama
 
-    from srft.models.tokenizer import build_char_tokenizer
-
-    path = tmp_path_factory.mktemp("vllm_model")
-    tok = build_char_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
-                         num_key_value_heads=2, intermediate_size=128, max_position_embeddings=512,
-                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                         bos_token_id=tok.bos_token_id, tie_word_embeddings=True)
-    LlamaForCausalLM(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return write_tiny_llama(tmp_path_factory.mktemp("vllm_model"), hidden_size=64, intermediate_size=128,
+                            max_position_embeddings=512)
 
 
 def _cfg(model_dir, out, preset="grpo", *extra):

@@ -15,17 +15,19 @@ and torch are told at start:
 - ``before-threads1``: libgomp's default with one torch thread (``model.threads=1``);
 - ``spin10k``: ``GOMP_SPINCOUNT=10000`` (a short spin before sleeping).
 
-Workloads (the built-in base model, 1.1M parameters, on CPU): ``pretrain`` (one step of its
-pre-training: forward, backward and AdamW on 32 sequences), ``generate`` (the HF engine samples
-8 prompts x 8 rollouts, up to 64 new tokens), ``train`` (``srft train`` in process, SRFT with
-the default 16 prompts x 8 rollouts; the step time is ``t_step`` of ``metrics.jsonl``).
+Workloads: ``reference`` (a single-threaded pure-Python loop, no torch, no OpenMP: the slowdown
+that plain time-sharing of the cores gives here, measured once, not per setting); and with the
+built-in base model (1.1M parameters, on CPU): ``pretrain`` (one step of its pre-training:
+forward, backward and AdamW on 32 sequences), ``generate`` (the HF engine samples 8 prompts x 8
+rollouts, up to 64 new tokens), ``train`` (``srft train`` in process, SRFT with the default 16
+prompts x 8 rollouts; the step time is ``t_step`` of ``metrics.jsonl``).
 
 The machine may be shared: each line records the load average when it was measured and the
 CPU cores that other processes kept busy during the timed steps ("others", from /proc/stat less
 the worker's own CPU time; in a contended run it includes this script's busy process). Ratios
 measured side by side in one run are what to read; the absolute times move with the load.
 
-    python benchmarks/contention.py [--workloads pretrain,generate,train] [--settings before,after]
+    python benchmarks/contention.py [--workloads reference,pretrain,generate,train] [--settings before,after]
                                     [--rounds 2] [--budget 20] [--busy spin|matmul] [--json FILE]
 """
 
@@ -51,7 +53,7 @@ SETTINGS = {
     "after-threads1": ({}, True, 1, None),
     "spin10k": ({"GOMP_SPINCOUNT": "10000"}, True, 0, None),
 }
-WORKLOADS = ("pretrain", "generate", "train")
+WORKLOADS = ("reference", "pretrain", "generate", "train")
 # variables that decide libgomp's wait; the worker starts without them unless its setting adds them
 OMP_WAIT_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
@@ -198,7 +200,19 @@ def work_train(args) -> tuple[list[float], float]:
     return [r["t_step"] for r in records[args.warmup:]], others
 
 
+def work_reference(args) -> tuple[list[float], float]:
+    def step():
+        sum(i * i for i in range(1_000_000))
+
+    return timed_loop(step, args.warmup, args.budget, args.max_steps)
+
+
 def worker(args) -> int:
+    if args.worker == "reference":
+        times, others = work_reference(args)
+        print("RESULT " + json.dumps({"times": times, "others_cores": others, "torch_threads": None,
+                                      "omp_wait_policy": None}), flush=True)
+        return 0
     env, srft_first, threads, gen_threads = SETTINGS[args.setting]
     if srft_first:
         import srft  # noqa: F401  (sets srft's OpenMP defaults before torch loads libgomp)
@@ -289,20 +303,22 @@ def main(argv: list[str] | None = None) -> int:
           f"busy process: {args.busy}; {args.rounds} round(s)", flush=True)
     rows = []
     for workload in workloads:
-        for setting in settings:
+        for setting in (["before"] if workload == "reference" else settings):
             quiet, contended = [], []
             for r in range(args.rounds):
                 order = [None, args.busy] if r % 2 == 0 else [args.busy, None]
                 for busy in order:
                     res = run_worker(workload, setting, args, busy)
                     (contended if busy else quiet).append(res)
-                    print(f"  {workload:<9} {setting:<16} {'contended' if busy else 'quiet':<9} "
+                    label = "-" if workload == "reference" else setting
+                    print(f"  {workload:<9} {label:<16} {'contended' if busy else 'quiet':<9} "
                           f"{res['median']:8.3f} s/step  ({len(res['times'])} steps, load {res['load1']:.2f}, "
                           f"others {res['others_cores']:.2f} cores, spincount {res['gomp_spincount']}, "
                           f"threads {res['torch_threads']})", flush=True)
             q = statistics.median(x["median"] for x in quiet)
             c = statistics.median(x["median"] for x in contended)
-            rows.append(dict(workload=workload, setting=setting, quiet_s=q, contended_s=c, slowdown=c / q,
+            rows.append(dict(workload=workload, setting="-" if workload == "reference" else setting,
+                             quiet_s=q, contended_s=c, slowdown=c / q,
                              quiet_others_cores=statistics.mean(x["others_cores"] for x in quiet),
                              contended_others_cores=statistics.mean(x["others_cores"] for x in contended),
                              load1=statistics.mean(x["load1"] for x in quiet + contended),
@@ -313,11 +329,22 @@ def main(argv: list[str] | None = None) -> int:
           f"{'vs before (quiet)':>17} {'vs before (cont.)':>17} {'others q/c':>10} {'load':>5}")
     for row in rows:
         ref = next((x for x in rows if x["workload"] == row["workload"] and x["setting"] == "before"), None)
+        if row["workload"] == "reference":
+            ref = None
         vq = f"{row['quiet_s'] / ref['quiet_s']:.2f}x" if ref else "-"
         vc = f"{row['contended_s'] / ref['contended_s']:.2f}x" if ref else "-"
         print(f"{row['workload']:<9} {row['setting']:<16} {row['quiet_s']:8.3f} {row['contended_s']:11.3f} "
               f"{row['slowdown']:7.2f}x {vq:>17} {vc:>17} "
               f"{row['quiet_others_cores']:4.2f}/{row['contended_others_cores']:4.2f} {row['load1']:5.2f}")
+    plain = next((x for x in rows if x["workload"] == "reference"), None)
+    if plain:
+        print(f"\nreference: a single-threaded loop without torch slows {plain['slowdown']:.2f}x beside the busy "
+              f"process under this load: the share of the cores it loses, with no OpenMP involved.")
+    quiet_load = statistics.mean(x["quiet_others_cores"] for x in rows)
+    if quiet_load > 0.3:
+        print(f"note: the machine was not quiet: other processes kept {quiet_load:.2f} cores busy on average during "
+              f"the 'quiet' measurements, so 'quiet' here means beside that load, 'contended' beside it plus one "
+              f"busy process.")
     print(f"\nslowdown = contended / quiet step time; 'vs before' = this setting's step time / the 'before' "
           f"setting's (quiet and contended); others = CPU cores kept busy by other processes during the timed "
           f"steps (quiet/contended); load = 1-min load average. Load average at end "

@@ -87,7 +87,10 @@ def check_range(key: str, value: Any, range: str) -> None:
 @dataclass
 class ModelConfig:
     path: Optional[str] = _f(None, "Hugging Face model directory; null = the built-in base model (built on first use).")
-    dtype: Literal["float32", "bfloat16", "float16"] = _f("float32", "Parameter and compute dtype.")
+    dtype: Literal["float32", "bfloat16", "float16"] = _f(
+        "float32", "Compute dtype. Training keeps float32 master weights (parameters, gradients, optimiser state) "
+        "and runs the forward passes in this dtype (autocast in one process, FSDP2's MixedPrecisionPolicy under "
+        "torchrun, gradients reduced in float32); the rollout engine and evaluation-only commands use it as well.")
     device: str = _f("auto", "'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass to save memory.")
     base_cache_dir: str = _f("~/.cache/srft", "Where the built-in base model is built and cached.")
@@ -139,6 +142,10 @@ class RolloutConfig:
     n: int = _f(8, "On-policy rollouts per prompt (G).", range='(0, inf)')
     temperature: float = _f(1.0, "Sampling temperature of the rollouts.", range='(0, inf)')
     top_p: float = _f(1.0, "Nucleus sampling threshold of the rollouts.", range='(0, 1]')
+    seeds: Literal["stream", "prompt"] = _f(
+        "stream", "Sampling randomness of the rollouts: stream (one random stream for the step's batch) or prompt "
+        "(each prompt's rollouts from a seed of run.seed, the step and the prompt: the same rollouts on any number "
+        "of ranks, so that a run resumed on another number of ranks continues as it would have).")
 
 
 @dataclass
@@ -244,6 +251,13 @@ class RunConfig:
     progress: bool = _f(True, "Show a progress bar.")
     plots: bool = _f(True, "Write PNG plots at the end.")
     keep_checkpoints: int = _f(2, "Resumable checkpoints kept in RUN_DIR/checkpoints (the newest ones).", range='(0, inf)')
+    report_to: list[Literal["tensorboard", "wandb", "trackio"]] = _f(
+        [], "Experiment trackers that also get every training record (as train/KEY) and every evaluation (as "
+        "eval/SPLIT/METRIC): tensorboard (event files in RUN_DIR/tensorboard), wandb (WANDB_MODE=offline: files in "
+        "RUN_DIR/wandb), trackio (its local store, TRACKIO_DIR); a list or comma-separated "
+        "(run.report_to=tensorboard,wandb). Each needs its package: pip install -e '.[tensorboard]' (or wandb, trackio).")
+    tracking_project: str = _f("srft", "run.report_to with wandb or trackio: the project the run is logged to "
+                                       "(the run's name is its directory's).")
 
 
 @dataclass
@@ -263,6 +277,8 @@ class Config:
 
 
 def _type_name(tp: Any) -> str:
+    if get_origin(tp) is list and get_args(tp):
+        return f"list of {_type_name(get_args(tp)[0])}"
     if get_origin(tp) is Literal:
         return " | ".join(repr(a) for a in get_args(tp))
     if get_origin(tp) in (Union, types.UnionType):
@@ -289,6 +305,12 @@ def _check_value(key: str, tp: Any, value: Any) -> Any:
         if value in get_args(tp):
             return value
         raise ConfigError(f"{key}: {value!r} is not one of {_type_name(tp)}")
+    if origin is list and get_args(tp):  # a typed list: a YAML list or a comma-separated string ('a,b')
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+        return [_check_value(key, get_args(tp)[0], v) for v in value]
     if tp is bool:
         if isinstance(value, bool):
             return value

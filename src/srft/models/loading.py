@@ -90,15 +90,23 @@ def check_special_ids(model, tok, path) -> None:
         tok.pad_token = tok.eos_token
 
 
-def load_model_and_tokenizer(cfg: ModelConfig, task_name: str = "addition", progress: bool = True):
-    """Return (model, tokenizer, path) with the model on its device, in train mode."""
+def load_model_and_tokenizer(cfg: ModelConfig, task_name: str = "addition", progress: bool = True,
+                             for_training: bool = False):
+    """Return (model, tokenizer, path) with the model on its device, in train mode.
+
+    ``for_training``: the weights that train are loaded in float32 whatever ``model.dtype``
+    says (master weights: an update of 1e-6 on a weight of 1 rounds away in bfloat16, whose
+    resolution there is 2^-8); ``wrap_model`` then runs the forward passes in ``model.dtype``.
+    With LoRA only the adapters train: the frozen base stays in ``model.dtype``.
+    """
     from transformers import AutoModelForCausalLM
 
     device = resolve_device(cfg.device)  # a bad device fails before a base model is built or loaded
     path = resolve_model_path(cfg, task_name, progress)
     tok = load_tokenizer(path)
+    load_dtype = torch.float32 if for_training and cfg.lora_rank == 0 else DTYPES[cfg.dtype]
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[cfg.dtype])
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=load_dtype)
     except Exception as e:
         raise ModelError(f"could not load a causal LM from '{path}': {e}") from e
     check_special_ids(model, tok, path)
@@ -123,8 +131,18 @@ def add_lora(model, cfg: ModelConfig):
     return get_peft_model(model, lcfg)
 
 
-def save_model(model, tokenizer, out_dir) -> None:
-    """Save a plain Hugging Face model (LoRA adapters merged) that transformers and vLLM load unchanged."""
+def save_model(model, tokenizer, out_dir, dist=None) -> None:
+    """Save a plain Hugging Face model (LoRA adapters merged) that transformers and vLLM load unchanged.
+    Under torchrun every rank calls it (the shards are gathered) and rank 0 writes."""
+    if dist is not None and dist.enabled:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if dist.main:
+            model.save_pretrained(out_dir, state_dict=full, safe_serialization=True)
+            tokenizer.save_pretrained(out_dir)
+        dist.barrier()
+        return
     if hasattr(model, "merge_and_unload") and hasattr(model, "peft_config"):
         import copy
 
@@ -143,9 +161,34 @@ def check_context(model, prompt_tokens: int, response_tokens: int, what: str) ->
             f"(max_position_embeddings) is {window}; shorten the limits or use a model with a longer context")
 
 
-def wrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The seam where a distributed wrapper (FSDP2 under torchrun) goes; one process: unchanged."""
+def wrap_model(model: torch.nn.Module, cfg: ModelConfig, dist=None) -> torch.nn.Module:
+    """The policy as it trains: sharded with FSDP2 under torchrun (``srft.distributed``), and
+    in one process with its forward passes run under autocast in ``model.dtype`` when that
+    is not float32 (the parameters, their gradients and the optimiser state stay float32)."""
+    if dist is not None and dist.enabled:
+        from srft.distributed import shard_model
+
+        return shard_model(model, DTYPES[cfg.dtype], dist)
+    compute = DTYPES[cfg.dtype]
+    if compute != torch.float32:
+        autocast_forward(model, compute)
     return model
+
+
+def autocast_forward(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Run ``model``'s forward (training passes and ``generate`` alike) under autocast to ``dtype``."""
+    import functools
+
+    inner = model.forward
+    device_type = next(model.parameters()).device.type
+
+    @functools.wraps(inner)
+    def forward(*args, **kwargs):
+        with torch.autocast(device_type, dtype=dtype):
+            return inner(*args, **kwargs)
+
+    model.forward = forward
+    model.srft_compute_dtype = dtype
 
 
 # The reasoning system prompt of the SRFT/LUFFY training and evaluation data (see the benchmark files).

@@ -15,9 +15,11 @@ import torch
 
 class RolloutEngine(Protocol):
     def generate(self, prompts: list[list[int]], n: int, max_new_tokens: int,
-                 temperature: float = 1.0, top_p: float = 1.0) -> list[list[list[int]]]:
+                 temperature: float = 1.0, top_p: float = 1.0,
+                 seeds: list[int] | None = None) -> list[list[list[int]]]:
         """For each prompt, ``n`` sampled responses as token ids (ending with EOS if finished);
-        temperature <= 0 decodes greedily."""
+        temperature <= 0 decodes greedily. ``seeds`` (one per prompt): each prompt's samples
+        come from its own seeded stream, whatever else is in the batch; None: from torch's RNG."""
         ...
 
     def sync_weights(self, model: torch.nn.Module) -> None:
@@ -26,34 +28,50 @@ class RolloutEngine(Protocol):
 
 
 class HFEngine:
-    """Batched sampling with ``model.generate`` (KV cache), on the training model itself."""
+    """Batched sampling with ``model.generate`` (KV cache), on the training model itself, or
+    (``own_copy``, under torchrun where the training model is sharded) on a whole copy of it
+    that ``sync_weights`` refreshes from the gathered shards."""
 
-    def __init__(self, model: torch.nn.Module, pad_id: int, eos_id: int, max_batch: int = 256):
+    def __init__(self, model: torch.nn.Module, pad_id: int, eos_id: int, max_batch: int = 256,
+                 own_copy: bool = False):
         self.model = model
         self.pad_id = pad_id
         self.eos_id = eos_id
         self.max_batch = max_batch
+        self.own_copy = own_copy
 
     def sync_weights(self, model: torch.nn.Module) -> None:
-        self.model = model  # same object: nothing to copy
+        if not self.own_copy:
+            self.model = model  # same object: nothing to copy
+            return
+        from srft.distributed import full_state_dict
+
+        with torch.no_grad():  # every rank gathers every shard (a collective), then copies
+            own = self.model.state_dict()
+            for name, t in full_state_dict(model).items():
+                own[name].copy_(t)
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], n: int, max_new_tokens: int,
-                 temperature: float = 1.0, top_p: float = 1.0) -> list[list[list[int]]]:
+                 temperature: float = 1.0, top_p: float = 1.0,
+                 seeds: list[int] | None = None) -> list[list[list[int]]]:
         flat = [p for p in prompts for _ in range(n)]
+        # one seed per sequence: the j-th sample of a prompt seeded s gets row_seed(s, j)
+        row_seeds = None if seeds is None else [row_seed(s, j) for s in seeds for j in range(n)]
         out: list[list[int]] = []
         was_training = self.model.training
         self.model.eval()
         try:
             for start in range(0, len(flat), self.max_batch):
                 out.extend(self._generate_batch(flat[start:start + self.max_batch], max_new_tokens,
-                                                temperature, top_p))
+                                                temperature, top_p,
+                                                None if row_seeds is None else row_seeds[start:start + self.max_batch]))
         finally:
             self.model.train(was_training)
         return [out[i * n:(i + 1) * n] for i in range(len(prompts))]
 
     def _generate_batch(self, prompts: list[list[int]], max_new_tokens: int, temperature: float,
-                        top_p: float) -> list[list[int]]:
+                        top_p: float, row_seeds: list[int] | None = None) -> list[list[int]]:
         device = next(self.model.parameters()).device
         width = max(len(p) for p in prompts)
         # Left padding so that every prompt ends where generation starts.
@@ -65,6 +83,13 @@ class HFEngine:
         # temperature <= 0 means greedy decoding
         sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 \
             else dict(do_sample=False)
+        if temperature > 0 and row_seeds is not None:
+            # each row samples from its own generator (Gumbel-max), so a row's tokens do not
+            # depend on the other rows of the batch or on torch's global RNG
+            from transformers import LogitsProcessorList
+
+            sampling = dict(do_sample=False, logits_processor=LogitsProcessorList(
+                [SeededSampler(row_seeds, temperature, top_p)]))
         # remove_invalid_values: NaN/inf logits (a diverged step) must not crash the sampler;
         # the divergence guard stops such a run on its loss.
         seqs = self.model.generate(
@@ -79,15 +104,44 @@ class HFEngine:
         return responses
 
 
+def row_seed(seed: int, j: int) -> int:
+    return (seed * 1_000_003 + j * 7_919 + 1) % (2**62)
+
+
+class SeededSampler:
+    """A logits processor that samples each row from its own seeded generator: it returns
+    scores whose argmax is a sample of softmax(logits / temperature) within the top-p
+    nucleus (the Gumbel-max trick), for ``generate`` to decode greedily."""
+
+    def __init__(self, row_seeds: list[int], temperature: float, top_p: float):
+        self.gens = [torch.Generator().manual_seed(s) for s in row_seeds]
+        self.temperature = temperature
+        self.top_p = top_p
+
+    def __call__(self, input_ids, scores_BV: torch.Tensor) -> torch.Tensor:
+        scores_BV = scores_BV.float() / self.temperature
+        if self.top_p < 1.0:
+            sorted_BV, order_BV = scores_BV.sort(dim=-1, descending=True)
+            cum_BV = sorted_BV.softmax(-1).cumsum(-1)
+            drop_sorted_BV = cum_BV - sorted_BV.softmax(-1) >= self.top_p  # keeps the first token always
+            drop_BV = torch.zeros_like(drop_sorted_BV).scatter(-1, order_BV, drop_sorted_BV)
+            scores_BV = scores_BV.masked_fill(drop_BV, float("-inf"))
+        V = scores_BV.shape[-1]
+        u_BV = torch.stack([torch.rand(V, generator=g) for g in self.gens]).to(scores_BV.device)
+        gumbel_BV = -torch.log(-torch.log(u_BV.clamp(1e-20, 1.0 - 1e-7)))
+        return scores_BV + gumbel_BV
+
+
 def generate_with_logprobs(engine, prompts: list[list[int]], n: int, max_new_tokens: int,
-                           temperature: float = 1.0, top_p: float = 1.0):
+                           temperature: float = 1.0, top_p: float = 1.0, seeds: list[int] | None = None):
     """(ids, logprobs) with the nesting of ``generate``: the engine's per-token log-probs of
     its samples where it gives them (vLLM), else None for every response (the HF engine
     samples with the training model itself, so there is no mismatch to measure)."""
     with_lp = getattr(engine, "generate_with_logprobs", None)
+    extra = {} if seeds is None else {"seeds": seeds}  # engines of plugins may not take seeds
     if callable(with_lp):
-        return with_lp(prompts, n, max_new_tokens, temperature, top_p)
-    ids = engine.generate(prompts, n, max_new_tokens, temperature, top_p)
+        return with_lp(prompts, n, max_new_tokens, temperature, top_p, **extra)
+    ids = engine.generate(prompts, n, max_new_tokens, temperature, top_p, **extra)
     return ids, [[None for _ in resp] for resp in ids]
 
 
@@ -98,9 +152,18 @@ class EngineError(RuntimeError):
     """The configured engine cannot start here; the message says what to install or change."""
 
 
-def build_engine(cfg, model: torch.nn.Module, tokenizer, model_path) -> RolloutEngine:
-    """The engine of ``cfg.rollout.engine`` for ``model`` (loaded from ``model_path``)."""
+def build_engine(cfg, model: torch.nn.Module, tokenizer, model_path,
+                 engine_model: torch.nn.Module | None = None) -> RolloutEngine:
+    """The engine of ``cfg.rollout.engine`` for ``model`` (loaded from ``model_path``);
+    ``engine_model``: a whole copy for the HF engine to sample from (``model`` is sharded)."""
     if cfg.rollout.engine == "hf":
+        if engine_model is not None:
+            from srft.models.loading import DTYPES, autocast_forward
+
+            engine_model.requires_grad_(False)
+            if DTYPES[cfg.model.dtype] != torch.float32:
+                autocast_forward(engine_model, DTYPES[cfg.model.dtype])
+            return HFEngine(engine_model, tokenizer.pad_token_id, tokenizer.eos_token_id, own_copy=True)
         return HFEngine(model, tokenizer.pad_token_id, tokenizer.eos_token_id)
     try:
         import vllm  # noqa: F401
@@ -112,7 +175,8 @@ def build_engine(cfg, model: torch.nn.Module, tokenizer, model_path) -> RolloutE
     from srft.models.loading import DTYPES
 
     r = cfg.rollout
-    dtype = next(name for name, dt in DTYPES.items() if dt == next(model.parameters()).dtype)
+    dtype = cfg.model.dtype  # the compute dtype (the trainer keeps float32 master weights)
+    assert dtype in DTYPES
     # data.max_prompt_tokens counts the prompt's text; a chat template adds a system prompt and
     # role markers (30-160 tokens with the templates seen), so vLLM gets room for them, within
     # the model's context window.

@@ -438,14 +438,15 @@ class VLLMEngine:
     # ---- RolloutEngine
 
     def generate(self, prompts: list[list[int]], n: int, max_new_tokens: int,
-                 temperature: float = 1.0, top_p: float = 1.0) -> list[list[list[int]]]:
+                 temperature: float = 1.0, top_p: float = 1.0,
+                 seeds: list[int] | None = None) -> list[list[list[int]]]:
         """For each prompt, ``n`` responses as token ids, ending with EOS if finished;
-        temperature <= 0 decodes greedily."""
-        ids, _ = self.generate_with_logprobs(prompts, n, max_new_tokens, temperature, top_p)
+        temperature <= 0 decodes greedily; ``seeds``: one per prompt (else drawn from torch's RNG)."""
+        ids, _ = self.generate_with_logprobs(prompts, n, max_new_tokens, temperature, top_p, seeds)
         return ids
 
     def generate_with_logprobs(self, prompts: list[list[int]], n: int, max_new_tokens: int,
-                               temperature: float = 1.0, top_p: float = 1.0
+                               temperature: float = 1.0, top_p: float = 1.0, seeds: list[int] | None = None
                                ) -> tuple[list[list[list[int]]], list[list[list[float]]]]:
         """Like ``generate``, plus each response token's log-prob (same nesting, same lengths):
         raw (temperature 1, before top-p) or of the sampled distribution, by ``logprobs_mode``."""
@@ -468,8 +469,9 @@ class VLLMEngine:
             # vLLM refuses n > 1 with greedy decoding: decode once, copy n times.
             params = [SamplingParams(n=1, temperature=0.0, **common) for _ in prompts]
         else:
-            # One seed per prompt from torch's RNG; vLLM gives the i-th of n samples seed + i.
-            seeds = torch.randint(0, 2**62, (len(prompts),)).tolist()
+            # One seed per prompt (from torch's RNG unless given); vLLM gives the i-th of n samples seed + i.
+            if seeds is None:
+                seeds = torch.randint(0, 2**62, (len(prompts),)).tolist()
             params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=0, seed=s, **common)
                       for s in seeds]
         inputs = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]

@@ -6,6 +6,12 @@ replaced atomically); older ones beyond ``keep`` are removed afterwards. A kill 
 instant therefore leaves at least one complete checkpoint, and resume falls back from
 ``latest`` to the newest complete one that loads. A model with a non-finite parameter
 is never saved.
+
+Under torchrun the checkpoint is the same: the weights and the optimiser state are gathered
+whole to rank 0 (``full_state_dict``), which writes them under the parameters' names; every
+rank loads them and keeps its shard. So a run resumes on any number of ranks, one process
+included. (Gathering the whole state on one rank suits models that fit one host's memory;
+a sharded save with ``torch.distributed.checkpoint`` is the way past that.)
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from srft.distributed import SINGLE, Dist, local_tensor
 from srft.rundir import (
     CHECKPOINTS,
     CKPT_META,
@@ -56,35 +63,67 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def non_finite_parameters(model) -> list[str]:
-    return [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+def non_finite_parameters(model, dist: Dist = SINGLE) -> list[str]:
+    """Names of the parameters with a non-finite value (on any rank: the names are gathered)."""
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(local_tensor(p)).all()]
+    if not dist.enabled:
+        return bad
+    return sorted({n for names in dist.gather(bad) for n in names})
+
+
+def _full_states(model, optimizer, dist: Dist) -> tuple[dict, dict]:
+    """(weights, optimiser state): a single process's own; under torchrun gathered whole on
+    rank 0 (empty elsewhere), the optimiser's keyed by parameter name."""
+    if not dist.enabled:
+        return model.state_dict(), optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, optimizer, options=opts)
 
 
 def save_checkpoint(run_dir: Path, model, tokenizer, optimizer, scheduler, step: int, extra: dict,
-                    config: dict | None = None, keep: int = 2) -> Path:
+                    config: dict | None = None, keep: int = 2, dist: Dist = SINGLE) -> Path:
     """Save a complete checkpoint of ``step``; return its directory.
 
     ``config`` (the run's config as a dict) is stored with its hash, so that a resume can
     tell a changed config. Raises ``CheckpointError`` rather than save non-finite weights.
+    Under torchrun every rank calls it (the states are gathered); rank 0 writes.
     """
-    bad = non_finite_parameters(model)
+    bad = non_finite_parameters(model, dist)
     if bad:
         raise CheckpointError(f"not saving a checkpoint at step {step}: {len(bad)} parameters are not finite "
                               f"(first: {bad[0]}); the last good checkpoint is kept")
-    root = Path(run_dir) / CHECKPOINTS
+    weights, optim_state = _full_states(model, optimizer, dist)
+    final = Path(run_dir) / CHECKPOINTS / step_dir_name(step)
+    if dist.main:
+        _write_checkpoint(Path(run_dir), final, weights, optim_state, tokenizer, scheduler, step, extra, config,
+                          keep, by_name=dist.enabled)
+    dist.barrier()  # no rank goes on before the checkpoint is complete
+    return final
+
+
+def _write_checkpoint(run_dir: Path, final: Path, weights: dict, optim_state: dict, tokenizer, scheduler,
+                      step: int, extra: dict, config: dict | None, keep: int, by_name: bool) -> None:
+    root = run_dir / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / step_dir_name(step)
     if final.exists() and (root / LATEST).is_file() and (root / LATEST).read_text().strip() == final.name:
-        return final  # this step is saved already (e.g. a stop right after a periodic save)
+        return  # this step is saved already (e.g. a stop right after a periodic save)
     tmp = root / f".{final.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     # The exact parameters (adapters included), for resuming; the run's final model/ is the HF export.
-    torch.save(model.state_dict(), tmp / "model_state.pt")
+    torch.save(weights, tmp / "model_state.pt")
     tokenizer.save_pretrained(tmp / "tokenizer")
     meta = {"step": step, "config_hash": config_hash(config) if config is not None else None}
-    torch.save({**meta, "config": config, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": rng_state(), "extra": extra}, tmp / "trainer.pt")
+    # optimizer_by_name: the state keyed by parameter name (torchrun), else by position (one process)
+    torch.save({**meta, "config": config, "optimizer": optim_state, "optimizer_by_name": by_name,
+                "scheduler": scheduler.state_dict(), "rng": rng_state(), "extra": extra}, tmp / "trainer.pt")
     (tmp / CKPT_META).write_text(json.dumps(meta) + "\n")
     fsync_tree(tmp)
     if final.exists():  # a leftover of an attempt that never became `latest`
@@ -93,7 +132,6 @@ def save_checkpoint(run_dir: Path, model, tokenizer, optimizer, scheduler, step:
     fsync_path(root)
     atomic_write_text(root / LATEST, final.name + "\n")
     _prune(root, keep, final)
-    return final
 
 
 def _prune(root: Path, keep: int, newest: Path) -> None:
@@ -107,7 +145,7 @@ def _prune(root: Path, keep: int, newest: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def load_checkpoint(run_dir: Path, model) -> dict:
+def load_checkpoint(run_dir: Path, model, dist: Dist = SINGLE) -> dict:
     """Load the best usable checkpoint of ``run_dir`` into ``model``; return its trainer state.
 
     Tries ``latest``, then older complete checkpoints; one whose files do not load or do
@@ -129,7 +167,12 @@ def load_checkpoint(run_dir: Path, model) -> dict:
             problems.append(f"{path.name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
             print(f"warning: checkpoint {path} is unusable ({problems[-1]}); trying an older one", file=sys.stderr)
             continue
-        model.load_state_dict(weights)
+        if dist.enabled:  # every rank read the whole weights; each keeps its shard
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+            set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True))
+        else:
+            model.load_state_dict(weights)
         state["path"] = path
         return state
     raise CheckpointError(f"no usable checkpoint in {run_dir} ({'; '.join(problems)}); "
@@ -145,3 +188,29 @@ def _check_fits(model, weights: dict) -> None:
     for k, v in weights.items():
         if v.shape != own[k].shape:
             raise ValueError(f"model_state.pt: {k} has shape {tuple(v.shape)}, the model {tuple(own[k].shape)}")
+
+
+def load_optimizer_state(model, optimizer, state: dict, dist: Dist = SINGLE) -> None:
+    """Load a checkpoint's optimiser state, whichever number of ranks wrote it."""
+    osd = state["optimizer"]
+    names = [n for n, _ in model.named_parameters()]
+    by_name = bool(state.get("optimizer_by_name"))
+    if not dist.enabled:
+        optimizer.load_state_dict(_by_position(osd, names) if by_name else osd)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, osd if by_name else _by_name(osd, names),
+                             options=StateDictOptions(full_state_dict=True))
+
+
+def _by_name(osd: dict, names: list[str]) -> dict:
+    """An optimiser state keyed by position (``optimizer.state_dict()``) keyed by parameter name."""
+    return {"state": {names[i]: v for i, v in osd["state"].items()},
+            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in osd["param_groups"]]}
+
+
+def _by_position(osd: dict, names: list[str]) -> dict:
+    pos = {n: i for i, n in enumerate(names)}
+    return {"state": {pos[n]: v for n, v in osd["state"].items()},
+            "param_groups": [{**g, "params": [pos[n] for n in g["params"]]} for g in osd["param_groups"]]}

@@ -54,6 +54,8 @@ Departures from the paper (the objective's own are in ``srft.objective.losses``)
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import math
 import random
@@ -69,9 +71,10 @@ import numpy as np
 import torch
 
 from srft import rundir
-from srft.config import Config, ObjectiveConfig, save_config, with_step_counts
+from srft.config import Config, ConfigError, ObjectiveConfig, save_config, with_step_counts
+from srft.distributed import SINGLE, Dist, init_from_env, local_tensor, shutdown
 from srft.evaluation.sampling import evaluate_splits as evaluate_test_splits
-from srft.models.loading import check_context, load_model_and_tokenizer, save_model, wrap_model
+from srft.models.loading import DTYPES, check_context, load_model_and_tokenizer, save_model, wrap_model
 from srft.objective import TERMS, agg_loss, kl_full, token_logprobs_and_entropy, token_losses
 from srft.rollout.engine import build_engine, generate_with_logprobs
 from srft.tasks import make_task
@@ -81,6 +84,7 @@ from srft.training.checkpoint import (
     CheckpointError,
     config_hash,
     load_checkpoint,
+    load_optimizer_state,
     non_finite_parameters,
     save_checkpoint,
     set_rng_state,
@@ -170,19 +174,39 @@ class Trainer:
     optimizer: torch.optim.Optimizer
     scheduler: object
     device: torch.device
+    dist: Dist = SINGLE  # this process among the ranks (torchrun); SINGLE in one process
 
 
 def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Path:
     """Train as ``cfg`` says; return the run directory. ``resume`` continues ``run_dir``'s checkpoint."""
     if cfg.model.threads > 0:
         torch.set_num_threads(cfg.model.threads)
+    dist = init_from_env(cfg.model.device)
+    try:
+        return _train(cfg, run_dir, resume, dist)
+    finally:
+        shutdown(dist)
+
+
+def _train(cfg: Config, run_dir: Path | None, resume: bool, dist: Dist) -> Path:
+    if cfg.rollout.prompts_per_step % dist.world:
+        raise ConfigError(f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} does not split over "
+                          f"{dist.world} ranks: make it a multiple of the number of processes")
+    if cfg.objective.relift_buffer % dist.world:
+        raise ConfigError(f"objective.relift_buffer={cfg.objective.relift_buffer} does not split over {dist.world} "
+                          f"ranks: make it a multiple of the number of processes")
+    # Every rank keeps the same random state: the step's plan and sampling seeds agree everywhere.
     seed_everything(cfg.run.seed)
-    say = print if cfg.run.progress else (lambda *a, **k: None)
+    say = print if cfg.run.progress and dist.main else (lambda *a, **k: None)
 
     # ---- task, model, data: every check before the first step
     task = make_task(cfg)
-    model, tokenizer, model_path = load_model_and_tokenizer(cfg.model, task_name=cfg.data.task,
-                                                            progress=cfg.run.progress)
+    model_cfg = cfg.model
+    if dist.enabled and torch.cuda.is_available() and cfg.model.device in ("auto", "cuda"):
+        model_cfg = dataclasses.replace(cfg.model, device=f"cuda:{dist.local_rank}")
+    model, tokenizer, model_path = load_model_and_tokenizer(model_cfg, task_name=cfg.data.task,
+                                                            progress=cfg.run.progress and dist.main,
+                                                            for_training=True)
     device = next(model.parameters()).device
     train_rows = task.generate("train", cfg.data.train_size, cfg.data.seed)
     train_set, report = encode_rows(train_rows, tokenizer, cfg.data, name="train", need_demo=needs_expert(cfg.objective))
@@ -196,22 +220,25 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
 
     check_context(model, cfg.data.max_prompt_tokens, cfg.data.max_response_tokens,
                   "data.max_prompt_tokens + data.max_response_tokens")
-    # Only now, with every input checked, does the run get a directory.
-    run_dir = run_dir or make_run_dir(cfg)
+    # Only now, with every input checked, does the run get a directory (rank 0 names it).
+    run_dir = Path(dist.broadcast(str(run_dir or make_run_dir(cfg)) if dist.main else None))
     run_dir.mkdir(parents=True, exist_ok=True)
-    model = wrap_model(model)
+    # Under torchrun the HF engine samples from a full copy of its own, refreshed after each update.
+    engine_model = copy.deepcopy(model) if dist.enabled and cfg.rollout.engine == "hf" else None
+    model = wrap_model(model, cfg.model, dist)
     ref_model = None
-    if cfg.objective.kl_coef > 0:
+    if cfg.objective.kl_coef > 0:  # frozen, in the compute dtype; whole on every rank
         from transformers import AutoModelForCausalLM
-        ref_model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=model.dtype).to(device).eval()
+        ref_model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=DTYPES[cfg.model.dtype])
+        ref_model = ref_model.to(device).eval()
         ref_model.requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                   weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    engine = build_engine(cfg, model, tokenizer, model_path)
+    engine = build_engine(cfg, model, tokenizer, model_path, engine_model=engine_model)
     # the phases see step schedules in whole steps; the run directory keeps the config as given
     t = Trainer(with_step_counts(cfg), model, ref_model, engine, tokenizer, task, train_set, optimizer, scheduler,
-                device)
+                device, dist)
     try:
         return run(t, cfg, tests, run_dir, model_path, resume, say)
     finally:
@@ -224,15 +251,27 @@ def run(t: Trainer, cfg: Config, tests: dict, run_dir: Path, model_path: Path, r
     """Resume or evaluate the start, run the steps, and finish the run directory (``cfg``: the
     config as given, saved and checked on resume; ``t.cfg``: with step schedules in steps)."""
     model, tokenizer, optimizer, scheduler = t.model, t.tokenizer, t.optimizer, t.scheduler
-    engine, task = t.engine, t.task
+    engine, task, dist = t.engine, t.task, t.dist
     methods = build_step_methods(t.cfg, lambda step: sft_gradient_norm(t, step_prompts(t, step)))
     pool = next(m for m in methods if isinstance(m, DemoPool))
-    log = MetricsLog(run_dir / rundir.METRICS)
-    eval_log = MetricsLog(run_dir / rundir.EVAL_HISTORY)
+    # only rank 0 writes files; the other ranks' logs take nothing
+    log = MetricsLog(run_dir / rundir.METRICS, write=dist.main)
+    eval_log = MetricsLog(run_dir / rundir.EVAL_HISTORY, write=dist.main)
 
-    def save(step: int) -> None:
+    def save(step: int) -> None:  # a collective under torchrun
         save_checkpoint(run_dir, model, tokenizer, optimizer, scheduler, step, methods_state(methods),
-                        config=cfg.to_dict(), keep=cfg.run.keep_checkpoints)
+                        config=cfg.to_dict(), keep=cfg.run.keep_checkpoints, dist=dist)
+
+    def evaluate(step: int) -> dict | None:
+        """Rank 0 evaluates with its own engine (full weights); the others wait."""
+        ev = None
+        if dist.main:
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                ev = evaluate_splits(engine, tokenizer, task, tests, cfg)
+            eval_log.append({"step": step, **ev, "t_eval": time.perf_counter() - t0})
+        dist.barrier()
+        return ev
 
     start_step = 0
     if resume:
@@ -241,21 +280,21 @@ def run(t: Trainer, cfg: Config, tests: dict, run_dir: Path, model_path: Path, r
         log.truncate_from(start_step)
         eval_log.truncate_from(start_step + 1)
         if start_step >= cfg.run.steps and (run_dir / rundir.EVAL).exists():
-            print(f"{run_dir} finished all {cfg.run.steps} steps already; to train longer, resume with "
-                  f"run.steps=N (N > {cfg.run.steps})", file=sys.stderr)
+            if dist.main:
+                print(f"{run_dir} finished all {cfg.run.steps} steps already; to train longer, resume with "
+                      f"run.steps=N (N > {cfg.run.steps})", file=sys.stderr)
             return run_dir
         say(f"resumed {run_dir} at step {start_step}")
-    else:
+    elif dist.main:
         for path in (log.path, eval_log.path):
             path.unlink(missing_ok=True)
-    save_config(cfg, run_dir / rundir.CONFIG)  # on resume, only once the checkpoint has matched it
+    if dist.main:
+        save_config(cfg, run_dir / rundir.CONFIG)  # on resume, only once the checkpoint has matched it
 
     if not resume:
-        with torch.no_grad():
-            t0 = time.perf_counter()
-            ev = evaluate_splits(engine, tokenizer, task, tests, cfg)
-        eval_log.append({"step": 0, **ev, "t_eval": time.perf_counter() - t0})
-        say("before training: " + ", ".join(f"{s} acc {ev[s]['acc']:.3f}" for s in ev))
+        ev = evaluate(0)
+        if ev is not None:
+            say("before training: " + ", ".join(f"{s} acc {ev[s]['acc']:.3f}" for s in ev))
 
     # Ctrl-C or SIGTERM: finish the step in progress, save, and stop.
     stop = {"now": False}
@@ -266,7 +305,7 @@ def run(t: Trainer, cfg: Config, tests: dict, run_dir: Path, model_path: Path, r
     old_handler = signal.signal(signal.SIGTERM, request_stop) if _main_thread() else None
 
     bar = None
-    if cfg.run.progress:
+    if cfg.run.progress and dist.main:
         from tqdm import tqdm
         bar = tqdm(total=cfg.run.steps, initial=start_step, desc=cfg.run.method, dynamic_ncols=True)
     completed = start_step  # steps whose update is applied and logged
@@ -294,14 +333,12 @@ def run(t: Trainer, cfg: Config, tests: dict, run_dir: Path, model_path: Path, r
                                                                    "loss") if record[k] is not None})
             done = step + 1
             if cfg.run.eval_every and done % cfg.run.eval_every == 0 and done < cfg.run.steps:
-                t0 = time.perf_counter()
-                ev = evaluate_splits(engine, tokenizer, task, tests, cfg)
-                eval_log.append({"step": done, **ev, "t_eval": time.perf_counter() - t0})
+                ev = evaluate(done)
                 if bar is not None:
                     bar.write(f"step {done}: " + ", ".join(f"{s} acc {ev[s]['acc']:.3f}" for s in ev))
             if cfg.run.save_every and done % cfg.run.save_every == 0 and done < cfg.run.steps and not bad_in_row:
                 save(done)
-            if stop["now"]:
+            if dist.max(int(stop["now"])):  # every rank stops after the same step
                 raise KeyboardInterrupt
     except KeyboardInterrupt:
         if bar is not None:
@@ -312,8 +349,9 @@ def run(t: Trainer, cfg: Config, tests: dict, run_dir: Path, model_path: Path, r
             raise
         try:
             save(completed)
-            print(f"\ninterrupted: checkpoint saved at step {completed} in {run_dir}; "
-                  f"continue with: srft train --resume {run_dir}", file=sys.stderr)
+            if dist.main:
+                print(f"\ninterrupted: checkpoint saved at step {completed} in {run_dir}; "
+                      f"continue with: srft train --resume {run_dir}", file=sys.stderr)
         except CheckpointError as e:
             print(f"\ninterrupted: {e}", file=sys.stderr)
         raise
@@ -328,12 +366,12 @@ def run(t: Trainer, cfg: Config, tests: dict, run_dir: Path, model_path: Path, r
         bar.close()
 
     # ---- the end: final evaluation, model, eval.json, plots, summary
-    t0 = time.perf_counter()
-    final = evaluate_splits(engine, tokenizer, task, tests, cfg)
     eval_log.truncate_from(cfg.run.steps)  # a resume of a run killed after its final evaluation
-    eval_log.append({"step": cfg.run.steps, **final, "t_eval": time.perf_counter() - t0})
+    final = evaluate(cfg.run.steps)
     save(cfg.run.steps)
-    save_model(model, tokenizer, run_dir / rundir.MODEL)
+    save_model(model, tokenizer, run_dir / rundir.MODEL, dist=dist)
+    if not dist.main:
+        return run_dir
     history = eval_log.read()
     before = history[0]
     splits = list(tests)
@@ -367,11 +405,11 @@ def run(t: Trainer, cfg: Config, tests: dict, run_dir: Path, model_path: Path, r
 
 def restore(t: Trainer, cfg: Config, methods: list, run_dir: Path) -> int:
     """Load the checkpoint of ``run_dir`` into the trainer and the methods; return its step."""
-    state = load_checkpoint(run_dir, t.model)
+    state = load_checkpoint(run_dir, t.model, t.dist)
     if state.get("config") is not None:  # checkpoints of earlier versions carry no config
         if config_hash(fixed_part(state["config"])) != config_hash(fixed_part(cfg.to_dict())):
             check_resume_changes(state["config"], cfg, f"{run_dir / rundir.CONFIG} (edited since the checkpoint?)")
-    t.optimizer.load_state_dict(state["optimizer"])
+    load_optimizer_state(t.model, t.optimizer, state, t.dist)
     t.scheduler.load_state_dict(state["scheduler"])
     # optim.lr may change on resume: the schedule scales the new peak from here on
     t.scheduler.base_lrs = [cfg.optim.lr for _ in t.scheduler.base_lrs]
@@ -429,7 +467,9 @@ def train_step(t: Trainer, plan: StepPlan, pool: DemoPool) -> dict:
     t_start = time.perf_counter()
     batch = collect(t, plan, pool, times)
     stats = update(t, batch, plan, times)
-    return make_record(t, batch, stats, plan, pool, times, time.perf_counter() - t_start)
+    # the record is of the whole step: every rank's share of the batch, figures summed over ranks
+    whole = StepBatch.concat(t.dist.gather(batch)) if t.dist.enabled else batch
+    return make_record(t, whole, stats, plan, pool, times, time.perf_counter() - t_start)
 
 
 def step_prompts(t: Trainer, step: int) -> list[Example]:
@@ -439,16 +479,20 @@ def step_prompts(t: Trainer, step: int) -> list[Example]:
 
 def collect(t: Trainer, plan: StepPlan, pool: DemoPool, times: dict) -> StepBatch:
     """Rollouts of the step's prompts, scored, with their demonstrations and group advantages."""
-    cfg, obj = t.cfg, plan.objective
+    cfg, obj, dist = t.cfg, plan.objective, t.dist
     idx = plan.idx if plan.idx is not None else prompts_for_step(len(t.train_set), plan.step,
                                                                  cfg.rollout.prompts_per_step, cfg.run.seed)
+    seeds = sampling_seeds(cfg, plan.step, idx, dist)
+    if dist.enabled:  # this rank's prompts: whole groups
+        idx, seeds = dist.share(idx), dist.share(seeds)
     examples = [t.train_set[i] for i in idx]
     prompt_ids = [e.prompt_ids for e in examples]  # tokenised on use, once per step
     expert_ids = [e.demo_ids for e in examples]
     n_prefixed = obj.prefix_rollouts
     n_plain = cfg.rollout.n - n_prefixed
     with timed("generate", times):
-        responses, prefixes, continuations = generate_rollouts(t, plan, prompt_ids, expert_ids, n_plain, n_prefixed)
+        responses, prefixes, continuations = generate_rollouts(t, plan, prompt_ids, expert_ids, n_plain, n_prefixed,
+                                                               seeds)
 
     batch = StepBatch(idx=idx, n_plain=n_plain, n_prefixed=n_prefixed)
     for g, (ex, p_ids) in enumerate(zip(examples, prompt_ids)):
@@ -468,8 +512,9 @@ def collect(t: Trainer, plan: StepPlan, pool: DemoPool, times: dict) -> StepBatc
         for g in range(len(examples)):
             batch.plain_ok.append([scores[pos + j].reward > 0 for j in range(len(responses[g]))])
             pos += len(responses[g]) + len(continuations[g])
-        if obj.demo_source != "expert":
-            pool.add(idx, responses, batch.plain_ok)
+        if obj.demo_source != "expert":  # every rank's pool learns of every rank's solved prompts
+            for r_idx, r_resp, r_ok in t.dist.gather((idx, responses, batch.plain_ok)):
+                pool.add(r_idx, r_resp, r_ok)
         demos = []
         if obj.demonstrations:
             for g, (i, p_ids) in enumerate(zip(idx, prompt_ids)):
@@ -485,18 +530,34 @@ def collect(t: Trainer, plan: StepPlan, pool: DemoPool, times: dict) -> StepBatc
     return batch
 
 
-def generate_rollouts(t: Trainer, plan: StepPlan, prompt_ids, expert_ids, n_plain: int, n_prefixed: int):
+def sampling_seeds(cfg: Config, step: int, idx: list[int], dist: Dist) -> list[int] | None:
+    """One sampling seed per prompt of the step, or None (sample from torch's RNG stream).
+
+    ``rollout.seeds=prompt``: a function of (run.seed, step, prompt), so a prompt's rollouts
+    are the same whatever the number of ranks and whatever else is in the batch. ``stream``:
+    drawn from torch's RNG, which every rank keeps equal (one process samples from the stream
+    itself, as it always has)."""
+    if cfg.rollout.seeds == "prompt":
+        return [(cfg.run.seed * 1_000_003 + step) * 1_000_033 + i for i in idx]
+    if dist.enabled:
+        return torch.randint(0, 2**62, (len(idx),)).tolist()
+    return None
+
+
+def generate_rollouts(t: Trainer, plan: StepPlan, prompt_ids, expert_ids, n_plain: int, n_prefixed: int,
+                      seeds: list[int] | None = None):
     """(responses, prefixes, continuations): per prompt, n_plain plain rollouts and, for
     Prefix-RFT, n_prefixed continuations of a demonstration prefix; each rollout as
     (token ids, the engine's log-probs of them or None)."""
     cfg = t.cfg
     max_new = cfg.data.max_response_tokens
 
-    def sample(prompts, n, limit):
-        ids, lps = generate_with_logprobs(t.engine, prompts, n, limit, cfg.rollout.temperature, cfg.rollout.top_p)
+    def sample(prompts, n, limit, seeds):
+        ids, lps = generate_with_logprobs(t.engine, prompts, n, limit, cfg.rollout.temperature, cfg.rollout.top_p,
+                                          seeds=seeds)
         return [list(zip(i, lp)) for i, lp in zip(ids, lps)]
 
-    responses = sample(prompt_ids, n_plain, max_new) if n_plain else [[] for _ in prompt_ids]
+    responses = sample(prompt_ids, n_plain, max_new, seeds) if n_plain else [[] for _ in prompt_ids]
     prefixes: list[list[int]] = [[] for _ in prompt_ids]
     continuations: list[list] = [[] for _ in prompt_ids]
     if n_prefixed:  # continue from the first ratio * len tokens of the demonstration
@@ -504,7 +565,8 @@ def generate_rollouts(t: Trainer, plan: StepPlan, prompt_ids, expert_ids, n_plai
         for g, d_ids in enumerate(expert_ids):
             if d_ids:
                 prefixes[g] = d_ids[:min(round(ratio * len(d_ids)), len(d_ids) - 1)]
-        continuations = sample([p + pre for p, pre in zip(prompt_ids, prefixes)], n_prefixed, max_new)
+        continuations = sample([p + pre for p, pre in zip(prompt_ids, prefixes)], n_prefixed, max_new,
+                               None if seeds is None else [s + 1 for s in seeds])
         # a prefix eats into the response budget
         continuations = [[(c[:max_new - len(pre)], None if lp is None else lp[:max_new - len(pre)]) for c, lp in cs]
                          for pre, cs in zip(prefixes, continuations)]
@@ -514,28 +576,34 @@ def generate_rollouts(t: Trainer, plan: StepPlan, prompt_ids, expert_ids, n_plai
 def update(t: Trainer, batch: StepBatch, plan: StepPlan, times: dict) -> dict:
     """Forward/backward in micro-batches with the step's global counts, then the optimiser step
     (skipped, the divergence guard, when the loss or the gradient norm is not finite)."""
-    cfg = t.cfg
+    cfg, dist = t.cfg, t.dist
     lengths = batch.lengths
-    # Global counts so that micro-batch losses add up to the step's loss.
-    counts = dict(num_tokens=float(sum(lengths)), num_seqs=float(len(lengths)), max_len=cfg.data.max_response_tokens)
+    # Global counts (over every rank's sequences) so that micro-batch losses add up to the step's loss.
+    total = dist.sum({"num_tokens": float(sum(lengths)), "num_seqs": float(len(lengths))})
+    counts = dict(**total, max_len=cfg.data.max_response_tokens)
     stats = {f"loss_{n}": 0.0 for n in TERMS}
     stats.update({k: 0.0 for k in ("ent_roll", "ent_demo", "tok_roll", "tok_demo", "w_sft", "w_rl", "prob_demo",
                                    "mismatch_sum", "mismatch_tokens")})
     t.optimizer.zero_grad(set_to_none=True)
     with timed("forward_backward", times):
         order = sorted(range(len(lengths)), key=lambda i: lengths[i])  # similar lengths share a micro-batch
-        for start in range(0, len(order), cfg.optim.micro_batch):
-            micro_batch_step(t, batch, order[start:start + cfg.optim.micro_batch], plan, counts, stats)
+        chunks = [order[start:start + cfg.optim.micro_batch] for start in range(0, len(order), cfg.optim.micro_batch)]
+        for ids in chunks:
+            micro_batch_step(t, batch, ids, plan, counts, stats)
+        for _ in range(dist.max(len(chunks)) - len(chunks)):  # FSDP: as many passes as the busiest rank
+            micro_batch_step(t, batch, order[:1], plan, counts, stats, weight=0.0)
+    stats = dist.sum(stats)
     with timed("optimizer", times):
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(t.model.parameters(), clip))
+        grad_norm = torch.nn.utils.clip_grad_norm_(t.model.parameters(), clip)
+        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
         loss = sum(stats[f"loss_{n}"] for n in TERMS)
         skipped = not (math.isfinite(grad_norm) and math.isfinite(loss))
         if skipped:
             t.optimizer.zero_grad(set_to_none=True)
         else:
             t.optimizer.step()
-            bad = non_finite_parameters(t.model)
+            bad = non_finite_parameters(t.model, dist)
             if bad:
                 raise DivergenceError(f"training diverged: the update of step {plan.step} made {len(bad)} "
                                       f"parameters non-finite (first: {bad[0]}) although its gradient was finite "
@@ -551,8 +619,9 @@ def update(t: Trainer, batch: StepBatch, plan: StepPlan, times: dict) -> dict:
 
 
 def micro_batch_step(t: Trainer, batch: StepBatch, ids: list[int], plan: StepPlan, counts: dict,
-                     stats: dict) -> None:
-    """Forward and backward of the sequences ``ids``; their reduced terms and figures go to ``stats``."""
+                     stats: dict, weight: float = 1.0) -> None:
+    """Forward and backward of the sequences ``ids``; their reduced terms and figures go to ``stats``.
+    ``weight=0``: a pass that adds nothing (a rank with fewer micro-batches than another)."""
     obj = plan.objective
     mb = pad_batch([batch.seqs[i] for i in ids], t.tokenizer.pad_token_id, t.device)
     mask_BT = mb["mask_BT"]
@@ -575,7 +644,9 @@ def micro_batch_step(t: Trainer, batch: StepBatch, ids: list[int], plan: StepPla
                                   prefix_len_B=batch.prefix_N[ids].to(t.device) if batch.n_prefixed else None,
                                   kl_BT=kl_BT, rollout_logp_BT=rollout_BT)
     reduced = {n: agg_loss(v, mask_BT, obj.loss_agg, **counts) for n, v in terms.items()}
-    sum(reduced.values()).backward()
+    (weight * sum(reduced.values())).backward()
+    if weight == 0.0:
+        return
     with torch.no_grad():  # the micro-batch's share of the step's figures
         for n, v in reduced.items():
             stats[f"loss_{n}"] += float(v)
@@ -666,17 +737,24 @@ def needs_expert(obj: ObjectiveConfig) -> bool:
 
 def sft_gradient_norm(t: Trainer, examples: list[Example]) -> float:
     """Norm of the gradient of the plain token-mean NLL of ``examples``' demonstrations (gradients left zero)."""
-    model = t.model
+    model, dist, mb = t.model, t.dist, t.cfg.optim.micro_batch
+    if dist.enabled:
+        examples = dist.share(examples)
     seqs = [(e.prompt_ids, e.demo_ids) for e in examples if e.demo_ids]
     model.zero_grad(set_to_none=True)
-    if not seqs:
+    n_tokens = dist.sum({"n": float(sum(len(d) for _, d in seqs))})["n"]
+    if not n_tokens:
         return 0.0
-    n_tokens = float(sum(len(d) for _, d in seqs))
-    for start in range(0, len(seqs), t.cfg.optim.micro_batch):
-        batch = pad_batch(seqs[start:start + t.cfg.optim.micro_batch], t.tokenizer.pad_token_id, t.device)
+    chunks = [seqs[start:start + mb] for start in range(0, len(seqs), mb)]
+    passes = dist.max(len(chunks))
+    for k in range(passes):  # every rank the same number of passes (FSDP); the extra ones add nothing
+        weight = 1.0 if k < len(chunks) else 0.0
+        batch = pad_batch(chunks[k] if k < len(chunks) else [(examples[0].prompt_ids, [examples[0].prompt_ids[-1]])],
+                          t.tokenizer.pad_token_id, t.device)
         logp_BT, _ = response_logprobs(model, batch)
-        agg_loss(-logp_BT, batch["mask_BT"], "token-mean", num_tokens=n_tokens).backward()
-    norm = float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in model.parameters() if p.grad is not None)))
+        (weight * agg_loss(-logp_BT, batch["mask_BT"], "token-mean", num_tokens=n_tokens)).backward()
+    sq = sum(float((local_tensor(p.grad).float() ** 2).sum()) for p in model.parameters() if p.grad is not None)
+    norm = math.sqrt(dist.sum({"sq": sq})["sq"])  # a shard's squares: summed over the ranks
     model.zero_grad(set_to_none=True)
     return norm
 

@@ -56,6 +56,29 @@ class StepBatch:
         self.correct_N = self.rewards_N > 0
         self.adv_N = group_advantages(self.rewards_N, self.group_N, adv_norm, adv_eps)
 
+    @classmethod
+    def concat(cls, parts: list["StepBatch"]) -> "StepBatch":
+        """One batch of the finished ``parts`` (the ranks' shares of a step, in rank order): group
+        ids renumbered after the previous parts' prompts; advantages kept (groups are whole)."""
+        out = cls(idx=[i for p in parts for i in p.idx], n_plain=parts[0].n_plain, n_prefixed=parts[0].n_prefixed)
+        offset = 0
+        for p in parts:
+            out.seqs += p.seqs
+            out.group += [g + offset for g in p.group]
+            out.is_demo += p.is_demo
+            out.prefix_len += p.prefix_len
+            out.answers += p.answers
+            out.rollout_logprobs += p.rollout_logprobs
+            out.plain_ok += p.plain_ok
+            out.scores += p.scores
+            for k, v in p.demo_from.items():
+                out.demo_from[k] += v
+            offset += len(p.idx)
+        out.rewards_N = torch.cat([p.rewards_N for p in parts])
+        out.correct_N = torch.cat([p.correct_N for p in parts])
+        out.adv_N = torch.cat([p.adv_N for p in parts])
+        return out
+
     def rollout_logprobs_BT(self, ids: list[int], width: int) -> torch.Tensor | None:
         """[len(ids), width] engine log-probs of the sequences ``ids`` (NaN where none: padding,
         demonstrations, Prefix-RFT prefixes), or None when no sequence of the step has any."""

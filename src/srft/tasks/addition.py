@@ -211,6 +211,11 @@ class AdditionTask:
     def verify(self, completion: str, answer: str) -> Score:
         return score_final_answer(completion, answer)
 
+    @staticmethod
+    def answer_response(answer: str) -> str:
+        """A response that states ``answer`` as ``verify`` expects (see :func:`srft.tasks.base.answer_response`)."""
+        return f"#### {answer}"
+
     # ----------------------------------------------------------------- pre-training text
     def pretraining_documents(
         self,

@@ -12,6 +12,11 @@ must not overlap the train split.
 
 The completion handed to ``verify`` is the model's response text only (the
 prompt is not included, the end-of-sequence token is stripped).
+
+Optional: ``answer_response(answer) -> str``, a response that states ``answer`` in the
+format ``verify`` expects (``#### 632``, ``\\boxed{632}``). ``srft doctor`` uses it to
+check that the verifier accepts the data's own gold answers; a task without it skips
+that check.
 """
 
 from __future__ import annotations
@@ -36,6 +41,13 @@ class Task(Protocol):
     def generate(self, split: str, n: int, seed: int) -> list[dict]: ...
 
     def verify(self, completion: str, answer: str) -> Score: ...
+
+
+def answer_response(task: Task, answer: str) -> str | None:
+    """``task.answer_response(answer)``: a response stating ``answer`` in the task's format, or None
+    when the task has no such method (it is optional for plugins)."""
+    fn = getattr(task, "answer_response", None)
+    return fn(str(answer)) if callable(fn) else None
 
 
 def _finite(x) -> float | None:

@@ -157,6 +157,11 @@ class ExpressionTask:
     def verify(self, completion: str, answer: str) -> Score:
         return score_final_answer(completion, answer)
 
+    @staticmethod
+    def answer_response(answer: str) -> str:
+        """A response that states ``answer`` as ``verify`` expects (see :func:`srft.tasks.base.answer_response`)."""
+        return f"#### {answer}"
+
     def pretraining_documents(
         self,
         n: int,

@@ -86,6 +86,12 @@ class FileTask:
     def verify_batch(self, completions: list[str], answers: list[str]) -> list[Score]:
         return self.verifier.score_batch(completions, answers)
 
+    @staticmethod
+    def answer_response(answer: str) -> str:
+        """A response that states ``answer`` in ``\\boxed{}``, which both the math and the choice verifier
+        take as the final answer (see :func:`srft.tasks.base.answer_response`)."""
+        return f"The answer is \\boxed{{{answer}}}."
+
     def close(self) -> None:
         if self._verifier is not None:
             self._verifier.close()

@@ -6,6 +6,7 @@
     srft build-base [--task NAME] [--seed N] [--out DIR]
     srft export --task NAME --split train --n 1000 --out FILE.parquet
     srft config [--preset NAME] [section.key=value ...]   (print the resolved config; --keys for every key)
+    srft doctor [--preset NAME | --config FILE] [section.key=value ...] [--samples 8] [--k 4]   (check a config)
     srft compare SUITE [--out DIR] [--seeds 0,1] [--methods a,b] [--jobs N] [--set k=v ...] [--report-only DIR]
 """
 
@@ -59,6 +60,21 @@ def cmd_train(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_doctor(args) -> int:
+    from srft.config import ConfigError, check_range
+    from srft.doctor import CHECKS, Options, doctor
+
+    only = [c.strip() for c in args.only.split(",") if c.strip()] if args.only else None
+    unknown = [c for c in only or [] if c not in CHECKS]
+    if unknown:
+        raise ConfigError(f"doctor --only: unknown check(s) {', '.join(unknown)}; checks: {', '.join(CHECKS)}")
+    for option, value, allowed in (("--prompts", args.prompts, "[0, inf)"), ("--samples", args.samples, "(0, inf)"),
+                                   ("--k", args.k, "(0, inf)"), ("--gold", args.gold, "(0, inf)")):
+        check_range(f"doctor {option}", value, allowed)
+    options = Options(prompts=args.prompts, samples=args.samples, k=args.k, gold=args.gold)
+    return doctor(_load(args), options, only)
 
 
 def cmd_config(args) -> int:
@@ -241,6 +257,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--keys", action="store_true", help="list every key with its type, default and help")
     p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("doctor", help="check a training config before a long run: prompts as encoded, sampled "
+                                      "rewards, demonstration lengths, the verifier on the data's answers, presets")
+    _add_config_args(p)
+    p.add_argument("--prompts", type=int, default=3, help="training prompts to show as encoded")
+    p.add_argument("--samples", type=int, default=8, help="training prompts to sample the model on")
+    p.add_argument("--k", type=int, default=4, help="rollouts per sampled prompt")
+    p.add_argument("--gold", type=int, default=200, help="gold answers and demonstrations to verify")
+    p.add_argument("--only", default=None, help="comma-separated checks to run: prompts,sampling,demonstrations,"
+                                                "verifier,presets (default: all)")
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("evaluate", help="evaluate a model on a task's test splits")
     p.add_argument("--model", default=None, help="model directory (default: the built-in base model)")

@@ -18,6 +18,8 @@ MAY_CHANGE = {
     "run.keep_checkpoints": "how many checkpoints to keep",
     "run.progress": "progress output",
     "run.plots": "plots at the end",
+    "run.report_to": "the experiment trackers that get the records from here on",
+    "run.tracking_project": "the trackers' project",
     "optim.lr": "the peak learning rate from the resumed step on (e.g. after a divergence)",
     "optim.max_bad_steps": "the divergence guard's patience",
     "model.threads": "CPU threads",

@@ -153,9 +153,10 @@ class EngineError(RuntimeError):
 
 
 def build_engine(cfg, model: torch.nn.Module, tokenizer, model_path,
-                 engine_model: torch.nn.Module | None = None) -> RolloutEngine:
+                 engine_model: torch.nn.Module | None = None, distributed: bool = False) -> RolloutEngine:
     """The engine of ``cfg.rollout.engine`` for ``model`` (loaded from ``model_path``);
-    ``engine_model``: a whole copy for the HF engine to sample from (``model`` is sharded)."""
+    ``engine_model``: a whole copy for the HF engine to sample from (``model`` is sharded);
+    ``distributed``: one of several ranks under torchrun."""
     if cfg.rollout.engine == "hf":
         if engine_model is not None:
             from srft.models.loading import DTYPES, autocast_forward
@@ -185,7 +186,9 @@ def build_engine(cfg, model: torch.nn.Module, tokenizer, model_path,
     engine = VLLMEngine(model_path, eos_id=tokenizer.eos_token_id, dtype=dtype,
                         max_model_len=min(wanted, context) if context else wanted, seed=cfg.run.seed,
                         max_num_seqs=r.vllm_max_num_seqs, kv_cache_gib=r.vllm_kv_cache_gib or None,
-                        gpu_memory_utilization=r.vllm_gpu_memory_utilization)
+                        gpu_memory_utilization=r.vllm_gpu_memory_utilization,
+                        # under torchrun each rank runs its own engine in its own process
+                        llm_kwargs={"distributed_executor_backend": "external_launcher"} if distributed else None)
     # vLLM loaded the weights from disk; the model may differ already (LoRA wrapping, a resume)
     engine.sync_weights(model)
     return engine

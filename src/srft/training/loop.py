@@ -235,7 +235,7 @@ def _train(cfg: Config, run_dir: Path | None, resume: bool, dist: Dist) -> Path:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                   weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    engine = build_engine(cfg, model, tokenizer, model_path, engine_model=engine_model)
+    engine = build_engine(cfg, model, tokenizer, model_path, engine_model=engine_model, distributed=dist.enabled)
     # the phases see step schedules in whole steps; the run directory keeps the config as given
     t = Trainer(with_step_counts(cfg), model, ref_model, engine, tokenizer, task, train_set, optimizer, scheduler,
                 device, dist)

@@ -50,6 +50,12 @@ Departures from the paper (the objective's own are in ``srft.objective.losses``)
   measured on the step's prompts with a separate forward/backward before the step.
 - The target-entropy controller (``sft_weight``/``rl_weight`` = target) updates after each
   step from that step's mean rollout entropy; its state is saved in checkpoints.
+
+Under torchrun (``srft.distributed``): each rank collects its share of the step's prompts
+(whole groups) and the update sums the ranks' shares of one global objective; the record,
+the demonstration pool and the methods' state are built from the gathered batch, the same on
+every rank; rank 0 evaluates and writes. ``objective.entropy_granularity=batch`` takes its
+mean over a micro-batch, which holds one rank's sequences only.
 """
 
 from __future__ import annotations

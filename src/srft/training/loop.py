@@ -106,6 +106,7 @@ from srft.training.methods import (
 from srft.training.metrics import MetricsLog, timed
 from srft.training.resume import check_resume_changes, fixed_part
 from srft.training.step_batch import StepBatch
+from srft.training.tracking import check_trackers, make_tracker
 
 TEST_SPLITS = ("test_id", "test_ood")
 
@@ -181,6 +182,7 @@ class Trainer:
     scheduler: object
     device: torch.device
     dist: Dist = SINGLE  # this process among the ranks (torchrun); SINGLE in one process
+    tracker: object = None  # run.report_to (srft.training.tracking), made when the run directory is known
 
 
 def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Path:
@@ -206,6 +208,7 @@ def _train(cfg: Config, run_dir: Path | None, resume: bool, dist: Dist) -> Path:
     say = print if cfg.run.progress and dist.main else (lambda *a, **k: None)
 
     # ---- task, model, data: every check before the first step
+    check_trackers(cfg)
     task = make_task(cfg)
     model_cfg = cfg.model
     if dist.enabled and torch.cuda.is_available() and cfg.model.device in ("auto", "cuda"):
@@ -248,6 +251,8 @@ def _train(cfg: Config, run_dir: Path | None, resume: bool, dist: Dist) -> Path:
     try:
         return run(t, cfg, tests, run_dir, model_path, resume, say)
     finally:
+        if t.tracker is not None:
+            t.tracker.close()
         close = getattr(engine, "close", None)  # vLLM: before any process group goes
         if callable(close):
             close()
@@ -263,6 +268,8 @@ def run(t: Trainer, cfg: Config, tests: dict, run_dir: Path, model_path: Path, r
     # only rank 0 writes files; the other ranks' logs take nothing
     log = MetricsLog(run_dir / rundir.METRICS, write=dist.main)
     eval_log = MetricsLog(run_dir / rundir.EVAL_HISTORY, write=dist.main)
+    tracker = make_tracker(cfg, run_dir, main=dist.main)  # run.report_to; closed by _train's caller
+    t.tracker = tracker
 
     def save(step: int) -> None:  # a collective under torchrun
         save_checkpoint(run_dir, model, tokenizer, optimizer, scheduler, step, methods_state(methods),
@@ -276,6 +283,7 @@ def run(t: Trainer, cfg: Config, tests: dict, run_dir: Path, model_path: Path, r
             with torch.no_grad():
                 ev = evaluate_splits(engine, tokenizer, task, tests, cfg)
             eval_log.append({"step": step, **ev, "t_eval": time.perf_counter() - t0})
+            tracker.log_eval(ev, step)
         dist.barrier()
         return ev
 
@@ -330,6 +338,7 @@ def run(t: Trainer, cfg: Config, tests: dict, run_dir: Path, model_path: Path, r
             bad_in_row = bad_in_row + 1 if record["skipped"] else 0
             record["bad_steps_in_row"] = bad_in_row
             log.append(record)
+            tracker.log(record, step + 1)
             completed = step + 1
             if bad_in_row >= cfg.optim.max_bad_steps:
                 raise DivergenceError(divergence_message(cfg, step, bad_in_row, record, run_dir))

@@ -264,18 +264,6 @@ def test_trackio_local_store(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- in a training run
 
 
-def _loop_tracks() -> bool:
-    import inspect
-
-    from srft.training import loop
-
-    return "make_tracker" in inspect.getsource(loop)
-
-
-needs_loop = pytest.mark.skipif(not _loop_tracks(), reason="srft.training.loop does not call the tracker yet")
-
-
-@needs_loop
 def test_a_missing_package_stops_train_before_the_model_loads(tmp_path, monkeypatch):
     from srft.training.loop import train
 
@@ -287,7 +275,6 @@ def test_a_missing_package_stops_train_before_the_model_loads(tmp_path, monkeypa
     assert not (tmp_path / "run").exists()
 
 
-@needs_loop
 def test_a_training_run_reports_its_records_and_evaluations_to_tensorboard(tiny_model_dir, tmp_path):
     pytest.importorskip("tensorboard")
     import json

@@ -13,7 +13,8 @@ and torch are told at start:
 - ``after-gen1``: ``after`` with one torch thread while the HF engine generates (what a change
   to ``srft.rollout.engine.HFEngine`` would do; here a patch inside the worker only);
 - ``before-threads1``: libgomp's default with one torch thread (``model.threads=1``);
-- ``spin10k``: ``GOMP_SPINCOUNT=10000`` (a short spin before sleeping).
+- ``spin1k`` ... ``spin100k``: ``GOMP_SPINCOUNT=1000`` ... ``100000`` (a short spin before sleeping);
+  ``spin10k-gen1``: 10000 with one torch thread while the HF engine generates.
 
 Workloads: ``reference`` (a single-threaded pure-Python loop, no torch, no OpenMP: the slowdown
 that plain time-sharing of the cores gives here, measured once, not per setting); and with the
@@ -51,7 +52,12 @@ SETTINGS = {
     "after-gen1": ({}, True, 0, 1),
     "before-threads1": ({}, False, 1, None),
     "after-threads1": ({}, True, 1, None),
+    "spin1k": ({"GOMP_SPINCOUNT": "1000"}, True, 0, None),
+    "spin3k": ({"GOMP_SPINCOUNT": "3000"}, True, 0, None),
     "spin10k": ({"GOMP_SPINCOUNT": "10000"}, True, 0, None),
+    "spin10k-gen1": ({"GOMP_SPINCOUNT": "10000"}, True, 0, 1),
+    "spin30k": ({"GOMP_SPINCOUNT": "30000"}, True, 0, None),
+    "spin100k": ({"GOMP_SPINCOUNT": "100000"}, True, 0, None),
 }
 WORKLOADS = ("reference", "pretrain", "generate", "train")
 # variables that decide libgomp's wait; the worker starts without them unless its setting adds them

@@ -125,12 +125,19 @@ def init_from_env(device: str = "auto") -> Dist:
     return Dist(rank=rank, world=world, local_rank=local_rank)
 
 
-def shutdown(d: Dist) -> None:
+def shutdown(d: Dist, wait: bool = True) -> None:
+    """Leave the process group; ``wait``: together (a rank that tore its group down while another
+    still finished its last writes was seen to abort, with gloo). After an error, without waiting:
+    the other ranks may never arrive."""
     if d.enabled:
         import torch.distributed as dist
 
         if dist.is_initialized():
-            dist.destroy_process_group()
+            try:
+                if wait:
+                    dist.barrier()
+            finally:
+                dist.destroy_process_group()
 
 
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:

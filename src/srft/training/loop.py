@@ -191,9 +191,12 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
         torch.set_num_threads(cfg.model.threads)
     dist = init_from_env(cfg.model.device)
     try:
-        return _train(cfg, run_dir, resume, dist)
-    finally:
-        shutdown(dist)
+        out = _train(cfg, run_dir, resume, dist)
+    except BaseException:
+        shutdown(dist, wait=False)
+        raise
+    shutdown(dist)
+    return out
 
 
 def _train(cfg: Config, run_dir: Path | None, resume: bool, dist: Dist) -> Path:

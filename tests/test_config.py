@@ -123,3 +123,24 @@ def test_bad_model_path_creates_no_run_directory(tmp_path):
     out = tmp_path / "runs"
     assert main(["train", f"model.path={tmp_path}/nowhere", "run.progress=false", f"run.out_dir={out}/x"]) == 2
     assert not out.exists()
+
+
+def test_cli_takes_overrides_on_both_sides_of_a_flag(capsys):
+    import yaml
+
+    from srft.cli import main
+
+    assert main(["config", "run.steps=3", "--preset", "grpo", "rollout.n=2"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert (cfg["run"]["method"], cfg["run"]["steps"], cfg["rollout"]["n"]) == ("grpo", 3, 2)
+
+
+def test_cli_refuses_an_unknown_flag_and_prints_its_version(capsys):
+    from srft.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["config", "run.steps=3", "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("srft ")

@@ -238,11 +238,21 @@ def cmd_compare(args) -> int:
     return run_compare(args)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("srft")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="srft", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="srft: single-stage supervised and reinforcement fine-tuning (SRFT) and its peer methods.",
         epilog="Run 'srft COMMAND --help' for a command's options; 'srft config --keys' lists every config key.")
+    parser.add_argument("--version", action="version", version=f"srft {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     from srft.training.resume import MAY_CHANGE  # cheap: no torch
 
@@ -380,7 +390,15 @@ def main(argv: list[str] | None = None) -> int:
     from srft.models.loading import ModelError
     from srft.tasks import TaskError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse fills a positional list once: overrides after a flag (train key=v --preset p k2=v2)
+    # come back unrecognised; they are overrides all the same.
+    if extra:
+        if isinstance(getattr(args, "overrides", None), list) and all("=" in x and not x.startswith("-") for x in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except (ConfigError, ModelError, TaskError, DataError, FileNotFoundError, FileExistsError, NotADirectoryError,

@@ -92,6 +92,44 @@ def test_resume_falls_back_from_a_missing_or_corrupt_newest_checkpoint(tiny_mode
     assert _losses(b) == _losses(straight)
 
 
+def test_sharded_checkpoints_resume_as_an_uninterrupted_run(tiny_model_dir, tmp_path):
+    """run.checkpoint_format=sharded (torch.distributed.checkpoint; one process here, torchrun in
+    tests/test_distributed.py): the weights and the optimiser's moments come back exactly."""
+    straight = train(_cfg(tiny_model_dir, tmp_path / "a"))
+    b = train(_cfg(tiny_model_dir, tmp_path / "b", "run.steps=2", "run.checkpoint_format=sharded"))
+    saved = b / rundir.CHECKPOINTS / "step-000002"
+    assert rundir.is_sharded_checkpoint(saved) and not (saved / "model_state.pt").exists()
+    assert "optimizer" not in torch.load(saved / "trainer.pt", weights_only=False)  # it is in the shards
+    train(load_config(None, str(b / rundir.CONFIG), ["run.steps=4"]), run_dir=b, resume=True)
+    assert _losses(b) == _losses(straight)  # after 2 more AdamW steps: the moments were restored too
+
+
+def test_the_checkpoint_format_may_change_on_resume(tiny_model_dir, tmp_path):
+    """A full checkpoint resumed with sharded saves from then on (and back): either format loads."""
+    straight = train(_cfg(tiny_model_dir, tmp_path / "a"))
+    b = train(_cfg(tiny_model_dir, tmp_path / "b", "run.steps=2", "run.checkpoint_format=full"))
+    train(load_config(None, str(b / rundir.CONFIG), ["run.steps=3", "run.checkpoint_format=sharded"]),
+          run_dir=b, resume=True)
+    assert rundir.is_sharded_checkpoint(b / rundir.CHECKPOINTS / "step-000003")
+    train(load_config(None, str(b / rundir.CONFIG), ["run.steps=4", "run.checkpoint_format=full"]),
+          run_dir=b, resume=True)
+    assert _losses(b) == _losses(straight)
+
+
+def test_a_corrupt_or_foreign_sharded_checkpoint_falls_back_without_touching_the_model(tiny_model_dir, tmp_path,
+                                                                                       capsys):
+    straight = train(_cfg(tiny_model_dir, tmp_path / "a"))
+    b = train(_cfg(tiny_model_dir, tmp_path / "b", "run.steps=3", "run.checkpoint_format=sharded",
+                   "run.keep_checkpoints=3"))
+    shard = next((b / rundir.CHECKPOINTS / "step-000003" / rundir.SHARDS).glob("*.distcp"))
+    shard.write_bytes(shard.read_bytes()[:100])  # cut short
+    capsys.readouterr()
+    train(load_config(None, str(b / rundir.CONFIG), ["run.steps=4"]), run_dir=b, resume=True)
+    err = capsys.readouterr().err
+    assert "checkpoint" in err and "step-000003" in err and "unusable" in err  # said which one it skipped
+    assert _losses(b) == _losses(straight)  # resumed from step 2, as if step 3's save never happened
+
+
 def test_resume_with_every_checkpoint_corrupt_is_a_one_line_error(tiny_model_dir, tmp_path, capsys):
     cfg = _cfg(tiny_model_dir, tmp_path / "b", "run.steps=2", "run.keep_checkpoints=1")
     b = train(cfg)
@@ -319,3 +357,16 @@ def test_check_resume_changes_is_a_config_error():
     assert set(loop_mod.check_resume_changes(a, b, "x")) == {"run.steps", "model.threads"}
     with pytest.raises(ConfigError, match="optim.betas"):
         loop_mod.check_resume_changes(a, load_config("srft", None, ["optim.betas=[0.5,0.5]"]), "x")
+
+
+def test_a_sharded_checkpoint_of_another_model_is_refused_before_loading(tiny_model_dir, tmp_path):
+    from conftest import write_tiny_llama
+    from srft.models.loading import load_model_and_tokenizer
+
+    b = train(_cfg(tiny_model_dir, tmp_path / "b", "run.steps=1", "run.checkpoint_format=sharded"))
+    other_dir = write_tiny_llama(tmp_path / "wider", hidden_size=48, intermediate_size=64)
+    other, _, _ = load_model_and_tokenizer(load_config("srft", None, [f"model.path={other_dir}"]).model)
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"shards/: model\.embed_tokens\.weight has shape"):
+        ckpt_mod.load_checkpoint(b, other)
+    assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())  # untouched

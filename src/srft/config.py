@@ -251,6 +251,11 @@ class RunConfig:
     progress: bool = _f(True, "Show a progress bar.")
     plots: bool = _f(True, "Write PNG plots at the end.")
     keep_checkpoints: int = _f(2, "Resumable checkpoints kept in RUN_DIR/checkpoints (the newest ones).", range='(0, inf)')
+    checkpoint_format: Literal["auto", "full", "sharded"] = _f(
+        "auto", "How checkpoints hold the weights and optimiser state: full (whole tensors, gathered on rank 0 under "
+        "torchrun), sharded (torch.distributed.checkpoint: every rank writes its own shards, none holds the whole "
+        "state; under torchrun the run directory must be on a file system every rank sees), or auto (sharded under "
+        "torchrun, full in one process). Either format resumes on any number of ranks.")
     report_to: list[Literal["tensorboard", "wandb", "trackio"]] = _f(
         [], "Experiment trackers that also get every training record (as train/KEY) and every evaluation (as "
         "eval/SPLIT/METRIC): tensorboard (event files in RUN_DIR/tensorboard), wandb (WANDB_MODE=offline: files in "

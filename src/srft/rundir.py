@@ -10,7 +10,8 @@ all take the names from here::
       eval.json              the summary, written last: its presence means "finished"
       model/                 the final model as a Hugging Face directory
       checkpoints/
-        step-000200/         a complete resumable checkpoint (meta.json, trainer.pt, ...)
+        step-000200/         a complete resumable checkpoint (meta.json, trainer.pt, and
+                             model_state.pt or shards/: see srft.training.checkpoint)
         step-000300/
         latest               the name of the newest complete checkpoint
 """
@@ -30,6 +31,8 @@ MODEL = "model"
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 CKPT_META = "meta.json"  # {"step": ..., "config_hash": ...}: readable without torch
+SHARDS = "shards"  # a sharded checkpoint's weights and optimiser state (torch.distributed.checkpoint)
+DCP_METADATA = ".metadata"  # written last by torch.distributed.checkpoint: the shards are complete
 LEGACY_CHECKPOINT = "checkpoint"  # the single checkpoint directory of earlier versions
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -97,7 +100,11 @@ def checkpoint_candidates(run_dir: Path) -> list[Path]:
 
 
 def is_complete_checkpoint(path: Path) -> bool:
-    return (path / "trainer.pt").is_file() and (path / "model_state.pt").is_file()
+    return (path / "trainer.pt").is_file() and ((path / "model_state.pt").is_file() or is_sharded_checkpoint(path))
+
+
+def is_sharded_checkpoint(path: Path) -> bool:
+    return (path / SHARDS / DCP_METADATA).is_file()
 
 
 def has_checkpoint(run_dir: Path) -> bool:

@@ -94,6 +94,7 @@ from srft.training.checkpoint import (
     non_finite_parameters,
     save_checkpoint,
     set_rng_state,
+    use_shards,
 )
 from srft.training.data import Example, encode_rows
 from srft.training.methods import (
@@ -276,7 +277,8 @@ def run(t: Trainer, cfg: Config, tests: dict, run_dir: Path, model_path: Path, r
 
     def save(step: int) -> None:  # a collective under torchrun
         save_checkpoint(run_dir, model, tokenizer, optimizer, scheduler, step, methods_state(methods),
-                        config=cfg.to_dict(), keep=cfg.run.keep_checkpoints, dist=dist)
+                        config=cfg.to_dict(), keep=cfg.run.keep_checkpoints, dist=dist,
+                        sharded=use_shards(cfg.run.checkpoint_format, dist))
 
     def evaluate(step: int) -> dict | None:
         """Rank 0 evaluates with its own engine (full weights); the others wait."""

@@ -16,6 +16,7 @@ MAY_CHANGE = {
     "run.eval_every": "how often to evaluate",
     "run.save_every": "how often to save",
     "run.keep_checkpoints": "how many checkpoints to keep",
+    "run.checkpoint_format": "the layout of the checkpoints saved from here on (either loads)",
     "run.progress": "progress output",
     "run.plots": "plots at the end",
     "run.report_to": "the experiment trackers that get the records from here on",

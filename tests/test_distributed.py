@@ -157,6 +157,9 @@ def test_killed_two_rank_run_resumes_on_two_and_on_one_rank(tmp_path, cache):
     proc.wait()
     assert latest.exists(), "the run never saved a checkpoint"
     assert not (killed / "eval.json").exists(), "the run finished before the kill: nothing was tested"
+    # torchrun's default checkpoint: one shard file per rank, no whole copy of the weights anywhere
+    saved = killed / "checkpoints" / latest.read_text().strip()
+    assert len(list((saved / "shards").glob("*.distcp"))) == 2 and not (saved / "model_state.pt").exists()
 
     shutil.copytree(killed, tmp_path / "killed_copy")
     for ranks, run in ((2, killed), (1, tmp_path / "killed_copy")):
@@ -164,6 +167,18 @@ def test_killed_two_rank_run_resumes_on_two_and_on_one_rank(tmp_path, cache):
         run_srft(ranks, cmd)
         assert_same_records(metrics(tmp_path / "straight"), metrics(run))
         assert_same_weights(tmp_path / "straight", run)
+
+
+@pytest.mark.parametrize("first,then,fmt", [(1, 2, "sharded"), (2, 1, "full")])
+def test_either_checkpoint_format_resumes_on_another_rank_count(tmp_path, cache, first, then, fmt):
+    """Shards written by one process resumed by 2 ranks; a 2-rank run's gathered checkpoint by one process."""
+    args = lambda out, steps: _common(out, cache, steps, [f"run.checkpoint_format={fmt}"])  # noqa: E731
+    run_srft(1, args(tmp_path / "straight", 4))
+    run = tmp_path / "run"
+    run_srft(first, args(run, 2))
+    run_srft(then, ["train", "--resume", str(run), "run.steps=4"])
+    assert_same_records(metrics(tmp_path / "straight"), metrics(run))
+    assert_same_weights(tmp_path / "straight", run)
 
 
 def test_prompts_per_step_must_split_over_ranks(tmp_path, cache):

@@ -118,6 +118,14 @@ def test_one_step_two_ranks_equal_one_rank(tmp_path, cache):
     assert moved > 50 * ATOL_W
 
 
+def test_activation_checkpointing_under_fsdp2_changes_nothing(tmp_path, cache):
+    """model.gradient_checkpointing=true on 2 sharded ranks (recompute in backward) equals one plain process."""
+    run_srft(1, _common(tmp_path / "one", cache, 2, []))
+    run_srft(2, _common(tmp_path / "two", cache, 2, ["model.gradient_checkpointing=true"]))
+    assert_same_records(metrics(tmp_path / "one"), metrics(tmp_path / "two"))
+    assert_same_weights(tmp_path / "one", tmp_path / "two")
+
+
 def weights_of_dir(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 

@@ -43,3 +43,25 @@ def test_evaluation_loads_in_the_configured_dtype(tiny_model_dir):
     cfg = ModelConfig(path=str(tiny_model_dir), device="cpu", dtype="bfloat16")
     model, _, _ = load_model_and_tokenizer(cfg)  # not for training: the weights as asked
     assert next(model.parameters()).dtype == torch.bfloat16
+
+
+def test_gradient_checkpointing_recomputes_the_layers_in_backward(tiny_model_dir):
+    """model.gradient_checkpointing=true: each decoder layer runs twice per training step (forward, and
+    again in backward), with the same gradients as without (tests/test_distributed.py: the same under FSDP2)."""
+    grads, calls = {}, {}
+    for on in (False, True):
+        model, _, _ = load_model_and_tokenizer(ModelConfig(path=str(tiny_model_dir), gradient_checkpointing=on),
+                                               for_training=True)
+        layer = model.model.layers[0]
+        calls[on] = 0
+
+        def count(module, args, calls=calls, on=on):
+            calls[on] += 1
+
+        layer.register_forward_pre_hook(count)
+        ids = torch.tensor([[1, 5, 6, 7, 8, 2]])
+        model(input_ids=ids, labels=ids).loss.backward()
+        grads[on] = {n: p.grad.clone() for n, p in model.named_parameters()}
+    assert calls == {False: 1, True: 2}
+    for name, g in grads[False].items():
+        torch.testing.assert_close(grads[True][name], g, rtol=1e-6, atol=1e-7)

@@ -118,6 +118,15 @@ def test_one_step_two_ranks_equal_one_rank(tmp_path, cache):
     assert moved > 50 * ATOL_W
 
 
+def test_hybrid_sharding_equals_one_process(tmp_path, cache):
+    """model.shard_group_size=1 on 2 ranks: HSDP's 2-D mesh (2 replicas of 1 shard), gradients summed
+    across the replicas; it must compute what one process does."""
+    run_srft(1, _common(tmp_path / "one", cache, 2, []))
+    run_srft(2, _common(tmp_path / "two", cache, 2, ["model.shard_group_size=1", "run.save_every=1"]))
+    assert_same_records(metrics(tmp_path / "one"), metrics(tmp_path / "two"))
+    assert_same_weights(tmp_path / "one", tmp_path / "two")
+
+
 def test_activation_checkpointing_under_fsdp2_changes_nothing(tmp_path, cache):
     """model.gradient_checkpointing=true on 2 sharded ranks (recompute in backward) equals one plain process."""
     run_srft(1, _common(tmp_path / "one", cache, 2, []))
@@ -195,3 +204,6 @@ def test_prompts_per_step_must_split_over_ranks(tmp_path, cache):
     assert proc.returncode != 0
     assert "rollout.prompts_per_step=3 does not split over 2 ranks" in proc.stderr
     assert "[rank0]: Traceback" not in proc.stderr  # (torchrun's own report of a failed child remains)
+    proc = subprocess.run(srft_cmd(2, _common(tmp_path / "hsdp", cache, 1, ["model.shard_group_size=3"])),
+                          env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "model.shard_group_size=3 does not divide the 2 ranks" in proc.stderr

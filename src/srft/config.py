@@ -93,6 +93,11 @@ class ModelConfig:
         "torchrun, gradients reduced in float32); the rollout engine and evaluation-only commands use it as well.")
     device: str = _f("auto", "'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass to save memory.")
+    shard_group_size: int = _f(
+        0, "Under torchrun: the ranks that share one copy of the weights. 0 = all of them (FSDP: weights, gradients "
+        "and optimiser state sharded over every rank); N = hybrid sharding (HSDP): sharded within groups of N "
+        "consecutive ranks (e.g. the GPUs of one node), replicated across the groups, so that only gradients "
+        "cross the groups. The number of ranks must be a multiple of N.", range='[0, inf)')
     base_cache_dir: str = _f("~/.cache/srft", "Where the built-in base model is built and cached.")
     base_seed: int = _f(0, "Seed of the built-in base model's pre-training.", range=SEED_RANGE)
     threads: int = _f(0, "torch CPU threads; 0 = leave torch's default.", range='[0, inf)')

@@ -150,10 +150,19 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in model.modules() if type(m).__name__ in names]
 
 
-def shard_model(model: torch.nn.Module, compute_dtype: torch.dtype, d: Dist) -> torch.nn.Module:
-    """FSDP2: shard every decoder layer, then the root (embeddings, final norm, a tied head)."""
+def shard_model(model: torch.nn.Module, compute_dtype: torch.dtype, d: Dist, group_size: int = 0) -> torch.nn.Module:
+    """FSDP2: shard every decoder layer, then the root (embeddings, final norm, a tied head).
+
+    ``group_size`` N > 0 (and < the world): hybrid sharding over a 2-D mesh, (world / N
+    replicas) x (N shards), ranks r and r + N holding the same shard; 0: one shard group."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    mesh = None
+    if group_size and group_size != d.world:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        mesh = init_device_mesh(d.device.type, (d.world // group_size, group_size),
+                                mesh_dim_names=("replicate", "shard"))
     if compute_dtype == torch.float32:
         mp = MixedPrecisionPolicy()
     else:
@@ -164,8 +173,8 @@ def shard_model(model: torch.nn.Module, compute_dtype: torch.dtype, d: Dist) -> 
         raise ValueError(f"cannot shard {type(model).__name__}: it names no decoder layer class in "
                          f"_no_split_modules")
     for layer in layers:
-        fully_shard(layer, mp_policy=mp)
-    fully_shard(model, mp_policy=mp)
+        fully_shard(layer, mesh=mesh, mp_policy=mp)
+    fully_shard(model, mesh=mesh, mp_policy=mp)
     # Each rank's loss is its share of the global objective (global denominators): the step's
     # gradient is the sum over ranks, not FSDP's default mean.
     for m in [*layers, model]:

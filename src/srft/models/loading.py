@@ -168,7 +168,7 @@ def wrap_model(model: torch.nn.Module, cfg: ModelConfig, dist=None) -> torch.nn.
     if dist is not None and dist.enabled:
         from srft.distributed import shard_model
 
-        return shard_model(model, DTYPES[cfg.dtype], dist)
+        return shard_model(model, DTYPES[cfg.dtype], dist, group_size=cfg.shard_group_size)
     compute = DTYPES[cfg.dtype]
     if compute != torch.float32:
         autocast_forward(model, compute)

@@ -207,6 +207,9 @@ def _train(cfg: Config, run_dir: Path | None, resume: bool, dist: Dist) -> Path:
     if cfg.objective.relift_buffer % dist.world:
         raise ConfigError(f"objective.relift_buffer={cfg.objective.relift_buffer} does not split over {dist.world} "
                           f"ranks: make it a multiple of the number of processes")
+    if cfg.model.shard_group_size and dist.world % cfg.model.shard_group_size:
+        raise ConfigError(f"model.shard_group_size={cfg.model.shard_group_size} does not divide the {dist.world} "
+                          f"ranks: make the number of processes a multiple of it (or 0 to shard over all ranks)")
     # Every rank keeps the same random state: the step's plan and sampling seeds agree everywhere.
     seed_everything(cfg.run.seed)
     say = print if cfg.run.progress and dist.main else (lambda *a, **k: None)

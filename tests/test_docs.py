@@ -1,0 +1,49 @@
+"""The documentation cannot go stale: the generated config reference, and every relative link."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+# [text](target) and ![alt](target); not inside inline code
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+
+
+def _config_doc():
+    spec = importlib.util.spec_from_file_location("config_doc", ROOT / "scripts" / "config_doc.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_configuration_page_is_what_the_script_generates():
+    page = ROOT / "docs" / "configuration.md"
+    assert page.exists(), "docs/configuration.md is missing: run python scripts/config_doc.py"
+    assert page.read_text() == _config_doc().generate(), (
+        "docs/configuration.md differs from the config's field help: rerun python scripts/config_doc.py")
+
+
+def _without_code(text: str) -> str:
+    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    return re.sub(r"`[^`\n]*`", "", text)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
+def test_relative_links_point_to_files_that_exist(page):
+    missing = []
+    for target in LINK.findall(_without_code(page.read_text())):
+        if re.match(r"[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
+            continue  # https:, mailto:, an anchor in the same page
+        path = target.split("#", 1)[0]
+        if not (page.parent / path).exists():
+            missing.append(target)
+    assert not missing, f"{page.relative_to(ROOT)}: links to missing files: {missing}"
+
+
+def test_the_readme_keeps_the_test_command():
+    assert "python -m pytest -q" in (ROOT / "README.md").read_text()

@@ -660,7 +660,9 @@ def micro_batch_step(t: Trainer, batch: StepBatch, ids: list[int], plan: StepPla
                                   batch.adv_N[ids].to(t.device), None, ref_BT, step=plan.step,
                                   sft_factor=plan.factors[0], rl_factor=plan.factors[1],
                                   prefix_len_B=batch.prefix_N[ids].to(t.device) if batch.n_prefixed else None,
-                                  kl_BT=kl_BT, rollout_logp_BT=rollout_BT)
+                                  kl_BT=kl_BT, rollout_logp_BT=rollout_BT,
+                                  cov_generator=torch.Generator().manual_seed(t.cfg.run.seed * 1_000_033 + plan.step)
+                                  if obj.cov_method == "clip-cov" else None)
     reduced = {n: agg_loss(v, mask_BT, obj.loss_agg, **counts) for n, v in terms.items()}
     (weight * sum(reduced.values())).backward()
     if weight == 0.0:

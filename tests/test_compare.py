@@ -46,7 +46,8 @@ def test_builtin_suites_load_and_their_runs_validate():
         "srft-no-wsft", "srft-no-wrl"]
     assert quick.seeds == [0, 1, 2] and list(quick.regimes) == ["strong", "weak"]
     assert [m.name for m in load_suite("entropy").methods] == [
-        "srft", "srft-constant", "srft-linear", "srft-cosine", "srft-target", "srft-phi"]
+        "srft", "srft-constant", "srft-linear", "srft-cosine", "srft-target", "srft-phi", "srft-target-measured",
+        "srft-adaptive-bonus", "grpo-adaptive-bonus", "grpo-clip-cov", "grpo-kl-cov", "srft-clip-cov"]
     assert [m.name for m in load_suite("bootstrap").methods] == ["srft-expert", "srft-self", "srft-mixed", "grpo"]
     # every run of every built-in suite has a valid config (presets exist, overrides are real keys)
     for name in ("quick", "entropy", "bootstrap"):

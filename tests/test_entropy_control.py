@@ -149,3 +149,26 @@ def test_new_keys_are_described():
     for key in ("entropy_coef_mode", "entropy_coef_step", "entropy_coef_max", "cov_method", "cov_ratio", "cov_low",
                 "cov_high", "kl_cov_coef", "controller_sign", "controller_probe", "controller_window"):
         assert f"objective.{key}:" in text
+
+
+def test_runs_with_the_new_controls_resume_as_if_uninterrupted(tiny_model_dir, tmp_path):
+    from srft import rundir
+    from srft.training.loop import train
+
+    def cfg(out, steps, *extra):
+        return load_config("srft", None, [
+            f"model.path={tiny_model_dir}", f"run.steps={steps}", "run.eval_every=0", "run.save_every=1",
+            "run.eval_k=1", "run.progress=false", "run.plots=false", "rollout.prompts_per_step=2", "rollout.n=2",
+            "data.train_size=20", "data.test_size=2", "data.max_response_tokens=24", "data.too_long=truncate",
+            "model.threads=1", f"run.out_dir={out}", "objective.entropy_coef_mode=adaptive",
+            "objective.entropy_coef_step=0.01", "objective.entropy_coef_max=0.05", "objective.sft_weight=target",
+            "objective.controller_sign=measured", "objective.cov_method=clip-cov", "objective.cov_ratio=0.05",
+            "objective.cov_low=-10", "objective.cov_high=10", *extra])
+
+    straight = train(cfg(tmp_path / "a", 4))
+    b = train(cfg(tmp_path / "b", 2))
+    train(load_config(None, str(b / rundir.CONFIG), ["run.steps=4"]), run_dir=b, resume=True)
+    rec_a, rec_b = rundir.read_jsonl(straight / rundir.METRICS), rundir.read_jsonl(b / rundir.METRICS)
+    keys = ("loss", "entropy_coef", "sft_factor")
+    assert [[round(r[k], 6) for k in keys] for r in rec_b] == [[round(r[k], 6) for k in keys] for r in rec_a]
+    assert len({r["entropy_coef"] for r in rec_a}) > 1  # the coefficient moved

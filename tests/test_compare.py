@@ -48,7 +48,9 @@ def test_builtin_suites_load_and_their_runs_validate():
     assert [m.name for m in load_suite("entropy").methods] == [
         "srft", "srft-constant", "srft-linear", "srft-cosine", "srft-target", "srft-phi", "srft-target-measured",
         "srft-adaptive-bonus", "grpo-adaptive-bonus", "grpo-clip-cov", "grpo-kl-cov", "srft-clip-cov"]
-    assert [m.name for m in load_suite("bootstrap").methods] == ["srft-expert", "srft-self", "srft-mixed", "grpo"]
+    assert [m.name for m in load_suite("bootstrap").methods] == [
+        "srft-expert", "srft-self", "srft-mixed", "srft-rejection", "srft-rejection-only", "srft-rationalised",
+        "srft-rationalised-only", "grpo"]
     # every run of every built-in suite has a valid config (presets exist, overrides are real keys)
     for name in ("quick", "entropy", "bootstrap"):
         suite = load_suite(name)

@@ -227,10 +227,18 @@ class ObjectiveConfig:
         "KL over the whole vocabulary at each position (needs [B, T, V] log-probs of both models).")
     kl_tokens: Literal["rollouts", "demos", "all"] = _f(
         "rollouts", "Where the KL penalty applies: own rollout tokens (RL), demonstration tokens (ASFT) or both.")
-    demo_source: Literal["expert", "self", "mixed"] = _f(
+    demo_source: Literal["expert", "self", "mixed", "rejection", "rationalised"] = _f(
         "expert", "Where each prompt's demonstration comes from: the data (expert), the shortest verified-correct "
         "own rollout found so far for that prompt, this step's included (self; prompts never solved have none), "
-        "or expert until the model has solved the prompt, then its own (mixed).")
+        "expert until the model has solved the prompt, then its own (mixed), or collected once before training "
+        "(saved in RUN_DIR/bootstrap.json and the checkpoints): the shortest verified-correct of bootstrap_k "
+        "samples of the starting model per prompt (rejection), or of bootstrap_k samples written with the gold "
+        "answer as a hint in the prompt, trained on the prompt without the hint (rationalised); prompts with none "
+        "follow bootstrap_fallback.")
+    bootstrap_k: int = _f(4, "demo_source=rejection/rationalised: samples per training prompt.", range='(0, inf)')
+    bootstrap_fallback: Literal["expert", "none"] = _f(
+        "expert", "demo_source=rejection/rationalised: the demonstration of a prompt none of whose samples verified: "
+        "the expert's (the data's), or none.")
     prefix_rollouts: int = _f(0, "Prefix-RFT: this many of each prompt's n rollouts continue from a prefix of the "
                                  "demonstration; 0 = off.", range='[0, inf)')
     prefix_ratio_start: float = _f(0.95, "Prefix-RFT: prefix length as a fraction of the demonstration at step 0.", range='[0, 1]')

@@ -86,6 +86,8 @@ from srft.rollout.engine import build_engine, generate_with_logprobs
 from srft.tasks import make_task
 from srft.tasks.base import verify_all  # a module global: tests patch it
 from srft.training.batching import pad_batch, response_logits, response_logprobs
+from srft.training.bootstrap import FILE as BOOTSTRAP_FILE
+from srft.training.bootstrap import ensure_bootstrap
 from srft.training.checkpoint import (
     CheckpointError,
     config_hash,
@@ -303,10 +305,12 @@ def run(t: Trainer, cfg: Config, tests: dict, run_dir: Path, model_path: Path, r
             return run_dir
         say(f"resumed {run_dir} at step {start_step}")
     elif dist.main:
-        for path in (log.path, eval_log.path):
+        for path in (log.path, eval_log.path, run_dir / BOOTSTRAP_FILE):
             path.unlink(missing_ok=True)
     if dist.main:
         save_config(cfg, run_dir / rundir.CONFIG)  # on resume, only once the checkpoint has matched it
+    dist.barrier()
+    ensure_bootstrap(t, pool, run_dir, say)  # demo_source rejection/rationalised: once per run
 
     if not resume:
         ev = evaluate(0)
@@ -530,13 +534,13 @@ def collect(t: Trainer, plan: StepPlan, pool: DemoPool, times: dict) -> StepBatc
         for g in range(len(examples)):
             batch.plain_ok.append([scores[pos + j].reward > 0 for j in range(len(responses[g]))])
             pos += len(responses[g]) + len(continuations[g])
-        if obj.demo_source != "expert":  # every rank's pool learns of every rank's solved prompts
+        if obj.demo_source in ("self", "mixed"):  # every rank's pool learns of every rank's solved prompts
             for r_idx, r_resp, r_ok in t.dist.gather((idx, responses, batch.plain_ok)):
                 pool.add(r_idx, r_resp, r_ok)
         demos = []
         if obj.demonstrations:
             for g, (i, p_ids) in enumerate(zip(idx, prompt_ids)):
-                d_ids, where = pick_demo(obj.demo_source, expert_ids[g], pool.get(i))
+                d_ids, where = pick_demo(obj.demo_source, expert_ids[g], pool.get(i), obj.bootstrap_fallback)
                 batch.demo_from[where] += 1
                 if d_ids is not None:
                     demos.append((g, p_ids, d_ids))
@@ -751,7 +755,9 @@ def make_record(t: Trainer, batch: StepBatch, stats: dict, plan: StepPlan, pool:
 
 def needs_expert(obj: ObjectiveConfig) -> bool:
     """Whether training rows must carry an expert demonstration."""
-    return ((obj.demonstrations and obj.demo_source != "self") or obj.sft_stage_steps > 0 or obj.relift_buffer > 0
+    bootstrapped_alone = obj.demo_source in ("rejection", "rationalised") and obj.bootstrap_fallback == "none"
+    return ((obj.demonstrations and obj.demo_source != "self" and not bootstrapped_alone)
+            or obj.sft_stage_steps > 0 or obj.relift_buffer > 0
             or obj.prefix_rollouts > 0 or obj.sasr_warmup_steps > 0)
 
 
@@ -785,14 +791,18 @@ def prefix_ratio(obj: ObjectiveConfig, step: int, total_steps: int) -> float:
     return obj.prefix_ratio_end + (obj.prefix_ratio_start - obj.prefix_ratio_end) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def pick_demo(source: str, expert: list[int] | None, own: list[int] | None) -> tuple[list[int] | None, str]:
-    """The demonstration of one prompt for ``objective.demo_source``, and where it came from."""
+def pick_demo(source: str, expert: list[int] | None, own: list[int] | None,
+              fallback: str = "expert") -> tuple[list[int] | None, str]:
+    """The demonstration of one prompt for ``objective.demo_source``, and where it came from
+    (``own``: the pool's, for rejection/rationalised the bootstrapped one; ``fallback``: theirs without one)."""
     if source == "expert":
         chosen = expert, "expert"
     elif source == "self":
         chosen = own, "self"
     elif source == "mixed":
         chosen = (own, "self") if own is not None else (expert, "expert")
+    elif source in ("rejection", "rationalised"):
+        chosen = (own, "self") if own is not None else (expert, "expert") if fallback == "expert" else (None, "none")
     else:
-        raise ValueError(f"demo_source must be expert, self or mixed, got {source!r}")
+        raise ValueError(f"demo_source must be expert, self, mixed, rejection or rationalised, got {source!r}")
     return chosen if chosen[0] is not None else (None, "none")

@@ -44,9 +44,7 @@ def collect_demos(t, source: str, batch: int = 64) -> tuple[dict[int, list[int]]
     """(train index -> demonstration token ids, cost figures), the same on every rank."""
     cfg, dist = t.cfg, t.dist
     k = cfg.objective.bootstrap_k
-    mine = list(range(len(t.train_set)))
-    if dist.enabled:
-        mine = dist.share(mine)
+    mine = list(range(dist.rank, len(t.train_set), dist.world))  # any train-set size splits this way
     t0, demos, generated = time.perf_counter(), {}, 0
     for start in range(0, len(mine), batch):
         idx = mine[start:start + batch]

@@ -46,8 +46,11 @@ def test_builtin_suites_load_and_their_runs_validate():
         "srft-no-wsft", "srft-no-wrl"]
     assert quick.seeds == [0, 1, 2] and list(quick.regimes) == ["strong", "weak"]
     assert [m.name for m in load_suite("entropy").methods] == [
-        "srft", "srft-constant", "srft-linear", "srft-cosine", "srft-target", "srft-phi"]
-    assert [m.name for m in load_suite("bootstrap").methods] == ["srft-expert", "srft-self", "srft-mixed", "grpo"]
+        "srft", "srft-constant", "srft-linear", "srft-cosine", "srft-target", "srft-phi", "srft-target-measured",
+        "srft-adaptive-bonus", "grpo-adaptive-bonus", "grpo-clip-cov", "grpo-kl-cov", "srft-clip-cov"]
+    assert [m.name for m in load_suite("bootstrap").methods] == [
+        "srft-expert", "srft-self", "srft-mixed", "srft-rejection", "srft-rejection-only", "srft-rationalised",
+        "srft-rationalised-only", "grpo"]
     # every run of every built-in suite has a valid config (presets exist, overrides are real keys)
     for name in ("quick", "entropy", "bootstrap"):
         suite = load_suite(name)
@@ -285,8 +288,17 @@ def test_report_aggregates_seeds_reports_failures_and_plots(tmp_path):
     assert b["gen_tokens"] == 160  # estimated: 2 steps x response_len 10 x n 2 x 4 prompts
     assert b["status"] == "1 of 3 failed" and c["status"] == "3 of 3 not run"
     md = (out / "compare.md").read_text()
-    assert "| a | 0.300 ± 0.000 | 0.600 ± 0.100 | 0.000 ± 0.000 | 0.800 ± 0.100 | 1:30 | 300 | ok |" in md
-    assert "| b | 0.300 ± 0.000 (n=2) | 0.600 ± 0.283 (n=2) | 0.200 ± 0.141 (n=2)" in md
+    # 95% intervals mean +- t(0.975, n-1) * std / sqrt(n): a's ID after 0.6 +- 4.3027 * 0.1 / sqrt(3) = 0.6 +- 0.2484;
+    # its pass@k 0.7, 0.8, 0.9: 0.8 +- 0.2484; b's ID after (n=2) 0.6 +- 12.7062 * 0.2828 / sqrt(2) = 0.6 +- 2.5412,
+    # OOD after 0.1, 0.3: 0.2 +- 12.7062 * 0.1414 / sqrt(2) = 0.2 +- 1.2706
+    assert "| a | 0.300 [0.300, 0.300] | 0.600 [0.352, 0.848] | 0.000 [0.000, 0.000] | 0.800 [0.552, 1.048] " \
+           "| 1:30 | 300 | ok |" in md
+    assert "| b | 0.300 [0.300, 0.300] (n=2) | 0.600 [-1.941, 3.141] (n=2) | 0.200 [-1.071, 1.471] (n=2)" in md
+    assert a["id_after"]["ci95"] == pytest.approx([0.6 - 0.248414, 0.6 + 0.248414], abs=1e-6)
+    # paired against a (the first method: no srft here), seeds 0 and 1: b - a = 0.4 - 0.5, 0.8 - 0.6 = -0.1, 0.2
+    # -> mean 0.05, std 0.3 / sqrt(2) = 0.2121, half width 12.7062 * 0.2121 / sqrt(2) = 1.9059: spans 0, no *
+    assert doc["reference"] == "a"
+    assert "| b | 2 | +0.050 [-1.856, +1.956] |" in md and "| c | 0 | – | – | – |" in md
     assert "| c | – | – | – | – | – | – | 3 of 3 not run |" in md
     assert "ID pass@4 after" in md and "`run.steps=2`" in md
     assert "`strong/b/seed2`: ValueError: bad thing" in md
@@ -294,6 +306,47 @@ def test_report_aggregates_seeds_reports_failures_and_plots(tmp_path):
     assert [r["method"] for r in failed] == ["b"] and "bad thing" in failed[0]["error"]
     png = out / "curves-strong.png"
     assert png.exists() and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_paired_differences_mark_intervals_that_exclude_zero(tmp_path):
+    out = tmp_path / "out"
+    runs = [RunSpec("strong", m, s, out / "strong" / m / f"seed{s}") for m in ("x", "srft") for s in (0, 1, 2)]
+    # srft (the default reference when present): ID after 0.5, 0.6, 0.7; x: 0.6, 0.8, 0.9
+    for s, (ref, acc) in enumerate(((0.5, 0.6), (0.6, 0.8), (0.7, 0.9))):
+        fake_run(runs[3 + s].run_dir, 0.3, ref, 0.2, 0.9, wall=10)
+        fake_run(runs[s].run_dir, 0.3, acc, 0.2, 0.9, wall=10)
+    meta = {"suite": "mini", "seeds": [0, 1, 2], "regimes": {"strong": []}}
+    doc = build_report(out, runs, meta, plots=False)
+    # differences 0.1, 0.2, 0.2: mean 0.1667; std sqrt((0.0667^2 + 2 * 0.0333^2) / 2) = 0.05774;
+    # half width 4.3027 * 0.05774 / sqrt(3) = 4.3027 * 0.03333 = 0.1434 -> [0.0232, 0.3101], excludes 0
+    d = doc["differences"]["strong"]["x"]
+    assert doc["reference"] == "srft" and d["seeds"] == [0, 1, 2]
+    assert d["id_after"]["mean"] == pytest.approx(1 / 6)
+    assert d["id_after"]["ci95"] == pytest.approx([1 / 6 - 0.143422, 1 / 6 + 0.143422], abs=1e-5)
+    assert d["id_after"]["excludes_0"] and not d["ood_after"]["excludes_0"]  # OOD: equal, 0 [0, 0]
+    md = (out / "compare.md").read_text()
+    assert "Paired differences against `srft`" in md
+    assert "| x | 3 | +0.167 [+0.023, +0.310] * | +0.000 [+0.000, +0.000] |" in md
+    assert json.loads((out / "compare.json").read_text())["differences"]["strong"]["x"]["id_after"]["n"] == 3
+    # another reference: srft - x, the same interval mirrored; one seed pair has no interval
+    doc = build_report(out, runs, meta, plots=False, reference="x")
+    assert doc["differences"]["strong"]["srft"]["id_after"]["ci95"][1] == pytest.approx(-0.023245, abs=1e-5)
+    doc = build_report(out, runs[:1] + runs[3:4], {**meta, "seeds": [0]}, plots=False)
+    assert doc["differences"]["strong"]["x"]["id_after"]["ci95"] is None
+    assert "| x | 1 | +0.100 | +0.000 | +0.000 |" in (out / "compare.md").read_text()
+    with pytest.raises(ValueError, match="reference method 'nope'"):
+        build_report(out, runs, meta, plots=False, reference="nope")
+
+
+def test_t_quantiles():
+    from srft.compare.report import mean_ci, t975
+
+    # tabulated t(0.975, df): 12.706 (1), 4.303 (2), 2.228 (10), 2.042 (30); expansion 2.0395 (31), 1.9799 (120)
+    assert [round(t975(d), 3) for d in (1, 2, 10, 30)] == [12.706, 4.303, 2.228, 2.042]
+    assert t975(31) == pytest.approx(2.039513, abs=1e-5) and t975(120) == pytest.approx(1.979930, abs=1e-5)
+    assert mean_ci([1.0])["ci95"] is None
+    # 1, 3: mean 2, std sqrt(2), half width 12.7062 * sqrt(2) / sqrt(2) = 12.7062
+    assert mean_ci([1.0, 3.0])["ci95"] == pytest.approx([2 - 12.7062047, 2 + 12.7062047])
 
 
 def test_formatting_helpers():
@@ -307,6 +360,8 @@ def test_report_only_without_a_plan_scans_the_run_directories(tmp_path, capsys):
     from srft.cli import main
 
     fake_run(tmp_path / "strong" / "x" / "seed0", 0.1, 0.2, 0.0, 0.3, wall=5)
+    assert main(["compare", "--report-only", str(tmp_path), "--reference", "y"]) == 2
+    assert "--reference y: not among the compared methods (x)" in capsys.readouterr().err
     assert main(["compare", "--report-only", str(tmp_path)]) == 0
     assert "| x | 0.100 | 0.200 |" in capsys.readouterr().out
     assert main(["compare", "--report-only", str(tmp_path / "none")]) == 2

@@ -213,3 +213,23 @@ def test_bad_specs():
     for spec in ("", "   ", ":Class", "module:"):
         with pytest.raises(TaskError):
             get_task(spec)
+
+
+def test_hinted_prompt_defaults_and_a_plugins_own():
+    from srft.tasks.base import hinted_prompt
+
+    class Plain:
+        name = "plain"
+
+    assert hinted_prompt(Plain(), "What is 2+3? ", "5") == "What is 2+3? The answer is 5."
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+3?"}]
+    hinted = hinted_prompt(Plain(), chat, "5")
+    assert hinted[1]["content"] == "2+3?\n\nThe answer is 5." and chat[1]["content"] == "2+3?"  # a copy
+    assert hinted_prompt(Plain(), [{"role": "system", "content": "x"}], 5)[-1] == {
+        "role": "user", "content": "The answer is 5."}
+
+    class Own(Plain):
+        def hinted_prompt(self, prompt, answer):
+            return f"[hint: {answer}] {prompt}"
+
+    assert hinted_prompt(Own(), "2+3?", "5") == "[hint: 5] 2+3?"

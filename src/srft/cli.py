@@ -380,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="check every run's config, print the commands, run nothing")
     p.add_argument("--report-only", metavar="DIR", default=None,
                    help="only write the report of the finished runs in DIR (compare.md, compare.json, PNGs)")
+    p.add_argument("--reference", metavar="METHOD", default=None,
+                   help="the method each other one is compared with, paired on the same seeds (mean difference "
+                        "and its 95%% interval); default srft when compared, else the suite's first method")
     p.set_defaults(func=cmd_compare)
     return parser
 

@@ -179,7 +179,8 @@ class ObjectiveConfig:
     sft_schedule_end: float = _f(0.0, "sft_weight=linear/cosine: the multiplier of c_sft at the last step "
                                       "(it starts at 1).", range='[0, inf)')
     rl_schedule_end: float = _f(0.0, "rl_weight=linear/cosine: the multiplier of c_rl at the last step (it starts at 1).", range='[0, inf)')
-    entropy_target: float = _f(0.3, "sft_weight/rl_weight=target: the rollout entropy (nats per token) to hold.", range='[0, inf)')
+    entropy_target: float = _f(0.3, "sft_weight/rl_weight=target and entropy_coef_mode=adaptive: the rollout entropy "
+                                    "(nats per token) to hold.", range='[0, inf)')
     controller_gain: float = _f(0.5, "sft_weight/rl_weight=target: each step the log of the factor moves by "
                                      "gain * (entropy gap), bounded to [-4, 4].", range='[0, inf)')
     neg_coef: float = _f(1.0, "Weight of the +log pi term on wrong rollouts (the paper uses 1).", range='[0, inf)')
@@ -202,16 +203,47 @@ class ObjectiveConfig:
     entropy_granularity: Literal["token", "sequence", "batch"] = _f(
         "sequence", "Entropy H used in the weights: per token, per sequence mean, or batch mean.")
     entropy_coef: float = _f(0.001, "Entropy bonus coefficient (loss -= coef * entropy).", range='(-inf, inf)')
+    entropy_coef_mode: Literal["fixed", "adaptive"] = _f(
+        "fixed", "The entropy bonus coefficient: fixed (entropy_coef throughout) or adaptive (Skywork-OR1: it starts "
+        "at entropy_coef and after each step rises by entropy_coef_step while rollout entropy is below "
+        "entropy_target, falls by it while above, clamped to [0, entropy_coef_max]).")
+    entropy_coef_step: float = _f(0.0005, "entropy_coef_mode=adaptive: the change of the coefficient per step.", range='(0, inf)')
+    entropy_coef_max: float = _f(0.01, "entropy_coef_mode=adaptive: the coefficient's upper bound.", range='[0, inf)')
+    cov_method: Literal["none", "clip-cov", "kl-cov"] = _f(
+        "none", "Covariance-based control of the rollout tokens whose log-prob/advantage covariance drives entropy "
+        "collapse, applied to the own-rollout term in use (the GRPO surrogate, or SRFT's pos/neg terms): clip-cov "
+        "(a random cov_ratio of the rollout tokens with cov in (cov_low, cov_high) get no gradient) or kl-cov (the "
+        "top cov_ratio by cov get kl_cov_coef * |log pi - log pi_old|; zero gradient while the update is on-policy).")
+    cov_ratio: float = _f(0.0002, "cov_method: the fraction of rollout tokens chosen (at least one; clip-cov 2e-4 "
+                                  "and kl-cov 2e-3 in the paper).", range='(0, 1]')
+    cov_low: float = _f(1.0, "cov_method=clip-cov: the lower end of the covariance band.", range='(-inf, inf)')
+    cov_high: float = _f(5.0, "cov_method=clip-cov: the upper end of the covariance band.", range='(-inf, inf)')
+    kl_cov_coef: float = _f(1.0, "cov_method=kl-cov: the penalty's coefficient.", range='[0, inf)')
+    controller_sign: Literal["assumed", "measured"] = _f(
+        "assumed", "sft_weight/rl_weight=target: which way a factor moves entropy: assumed (w_SFT up raises it, "
+        "w_RL up lowers it) or measured (each log factor gets a +-controller_probe dither, the sign of "
+        "d entropy / d log factor is fitted by least squares over the last controller_window steps' changes, and "
+        "the factor moves the way that closes the gap; it holds still until the fit has a sign).")
+    controller_probe: float = _f(0.1, "controller_sign=measured: amplitude of the dither on each log factor.", range='(0, inf)')
+    controller_window: int = _f(8, "controller_sign=measured: steps of history in the fit.", range='[3, inf)')
     kl_coef: float = _f(0.0, "KL penalty to the frozen initial model (k3 estimator); 0 = no reference model.", range='[0, inf)')
     kl_estimator: Literal["k3", "full"] = _f(
         "k3", "KL estimate: k3 at the sequence's own tokens (cheap; unbiased only on own samples), or the exact "
         "KL over the whole vocabulary at each position (needs [B, T, V] log-probs of both models).")
     kl_tokens: Literal["rollouts", "demos", "all"] = _f(
         "rollouts", "Where the KL penalty applies: own rollout tokens (RL), demonstration tokens (ASFT) or both.")
-    demo_source: Literal["expert", "self", "mixed"] = _f(
+    demo_source: Literal["expert", "self", "mixed", "rejection", "rationalised"] = _f(
         "expert", "Where each prompt's demonstration comes from: the data (expert), the shortest verified-correct "
         "own rollout found so far for that prompt, this step's included (self; prompts never solved have none), "
-        "or expert until the model has solved the prompt, then its own (mixed).")
+        "expert until the model has solved the prompt, then its own (mixed), or collected once before training "
+        "(saved in RUN_DIR/bootstrap.json and the checkpoints): the shortest verified-correct of bootstrap_k "
+        "samples of the starting model per prompt (rejection), or of bootstrap_k samples written with the gold "
+        "answer as a hint in the prompt, trained on the prompt without the hint (rationalised); prompts with none "
+        "follow bootstrap_fallback.")
+    bootstrap_k: int = _f(4, "demo_source=rejection/rationalised: samples per training prompt.", range='(0, inf)')
+    bootstrap_fallback: Literal["expert", "none"] = _f(
+        "expert", "demo_source=rejection/rationalised: the demonstration of a prompt none of whose samples verified: "
+        "the expert's (the data's), or none.")
     prefix_rollouts: int = _f(0, "Prefix-RFT: this many of each prompt's n rollouts continue from a prefix of the "
                                  "demonstration; 0 = off.", range='[0, inf)')
     prefix_ratio_start: float = _f(0.95, "Prefix-RFT: prefix length as a fraction of the demonstration at step 0.", range='[0, 1]')
@@ -453,6 +485,14 @@ def validate(cfg: Config) -> None:
                               f"got {value}")
     if o.prefix_rollouts > cfg.rollout.n:
         raise ConfigError(f"objective.prefix_rollouts must be in [0, rollout.n={cfg.rollout.n}], got {o.prefix_rollouts}")
+    if o.entropy_coef_mode == "adaptive" and not 0 <= o.entropy_coef <= o.entropy_coef_max:
+        raise ConfigError(f"objective.entropy_coef_mode=adaptive starts at entropy_coef={o.entropy_coef}, which must be "
+                          f"in [0, entropy_coef_max={o.entropy_coef_max}]; set one of them so")
+    if o.cov_method == "clip-cov" and o.cov_low >= o.cov_high:
+        raise ConfigError(f"objective.cov_low={o.cov_low} must be below objective.cov_high={o.cov_high} (clip-cov's band)")
+    if o.cov_method != "none" and o.self_rollout == "none":
+        raise ConfigError(f"objective.cov_method={o.cov_method} acts on the own-rollout term, but self_rollout=none; "
+                          f"set self_rollout=grpo or srft, or cov_method=none")
     betas = cfg.optim.betas
     if (len(betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in betas)
             or not all(0 <= b < 1 for b in betas)):

@@ -43,6 +43,7 @@ examples:
   srft compare quick --methods srft,grpo --seeds 0 --set run.steps=10
   srft compare entropy --regimes strong --jobs 2
   srft compare --report-only runs/compare-quick        # report the finished runs
+  srft compare --report-only runs/compare-quick --reference grpo   # paired gaps against grpo
 """
 
 
@@ -64,8 +65,14 @@ def suite_meta(suite: Suite, sel: Selection) -> dict:
                         for m in suite.methods if m.name in sel.methods]}
 
 
-def report(out_dir: Path, say=print) -> int:
-    """``--report-only``: the report of what ``out_dir`` holds."""
+def check_reference(reference: str | None, methods: list[str]) -> None:
+    if reference is not None and reference not in methods:
+        raise SuiteError(f"--reference {reference}: not among the compared methods ({', '.join(methods)}); "
+                         f"give one of them")
+
+
+def report(out_dir: Path, say=print, reference: str | None = None) -> int:
+    """``--report-only``: the report of what ``out_dir`` holds (paired differences against ``reference``)."""
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise FileNotFoundError(f"{out_dir} is not a directory")
@@ -78,7 +85,8 @@ def report(out_dir: Path, say=print) -> int:
         meta = {"suite": out_dir.name, "seeds": sorted({r.seed for r in runs})}
     if not runs:
         raise FileNotFoundError(f"{out_dir} holds no runs (OUT/REGIME/METHOD/seedS)")
-    doc = build_report(out_dir, runs, meta)
+    check_reference(reference, list(dict.fromkeys(r.method for r in runs)))
+    doc = build_report(out_dir, runs, meta, reference=reference)
     say(tables_text(doc))
     say(f"wrote {out_dir / 'compare.md'}, {out_dir / 'compare.json'} and the curves-*.png plots")
     return 0
@@ -116,14 +124,16 @@ def dry_run(runs: list[RunSpec], threads: int, say=print) -> None:
 
 def run_compare(args, say=print) -> int:
     """``srft compare``: 0 when every run finished, 1 when some failed."""
+    reference = getattr(args, "reference", None)
     if args.report_only:
-        return report(Path(args.report_only), say)
+        return report(Path(args.report_only), say, reference)
     if not args.suite:
         raise SuiteError("give a suite (built-in name or YAML file), or --report-only DIR")
     suite = load_suite(args.suite)
     sel = select(suite, _csv(args.seeds, int), _csv(args.methods), _csv(args.regimes), args.set)
     out_dir = Path(args.out or f"runs/compare-{suite.name}")
     runs = plan_runs(suite, sel, out_dir)
+    check_reference(reference, sel.methods)
     configs = validate_configs(runs)  # every run's config, before anything runs
     check_existing(runs, configs)
     check_not_running(runs)
@@ -140,7 +150,7 @@ def run_compare(args, say=print) -> int:
     ensure_base_models(pending, configs, say)
     results = run_all(runs, jobs=jobs, threads=threads, say=say)
     say("")
-    report(out_dir, say)
+    report(out_dir, say, reference)
     failed = [r for r in results if r.status == "failed"]
     if failed:
         say(f"{len(failed)} run(s) failed: " + ", ".join(f"{r.run.key} (log: {r.run.run_dir / 'train.log'})"

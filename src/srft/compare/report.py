@@ -3,7 +3,10 @@
 Reads each run directory (``eval.json``, ``metrics.jsonl``, ``config.yaml``,
 ``run_status.json``) and writes ``OUT/compare.md`` (one Markdown table per regime),
 ``OUT/compare.json`` (every run and every aggregate) and ``OUT/curves-REGIME.png``.
-Means are over the seeds whose run finished; std uses ddof=1 (none with a single seed).
+Means are over the seeds whose run finished; std uses ddof=1 (none with a single seed); the
+95% interval of a mean is Student t's, mean +- t(0.975, n-1) * std / sqrt(n) (none with a
+single seed). Against a reference method, the paired differences method - reference on the
+seeds both finished get the same interval: a gap whose interval excludes 0 is marked.
 """
 
 from __future__ import annotations
@@ -114,6 +117,64 @@ def mean_std(values: list[float]) -> dict:
     return {"mean": mean, "std": std, "n": n}
 
 
+# Student t's 0.975 quantile for 1..30 degrees of freedom; beyond, the Cornish-Fisher expansion
+# around the normal quantile (within 1e-4 of the exact value from 30 on).
+T975 = (12.7062047, 4.3026527, 3.1824463, 2.7764451, 2.5705818, 2.4469119, 2.3646243, 2.3060041, 2.2621572,
+        2.2281389, 2.2009852, 2.1788128, 2.1603687, 2.1447867, 2.1314495, 2.1199053, 2.1098156, 2.1009220,
+        2.0930241, 2.0859634, 2.0796138, 2.0738731, 2.0686576, 2.0638986, 2.0595386, 2.0555294, 2.0518305,
+        2.0484071, 2.0452296, 2.0422725)
+Z975 = 1.959963985
+
+
+def t975(df: int) -> float:
+    """The 0.975 quantile of Student's t with ``df`` >= 1 degrees of freedom."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    if df <= len(T975):
+        return T975[df - 1]
+    z = Z975
+    return (z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+            + (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / (384 * df ** 3))
+
+
+def mean_ci(values: list[float]) -> dict:
+    """{mean, std, n, ci95}: ``mean_std`` and the 95% t interval [low, high] of the mean (None for n < 2)."""
+    stat = mean_std(values)
+    n = stat["n"]
+    stat["ci95"] = None
+    if n > 1:
+        half = t975(n - 1) * stat["std"] / math.sqrt(n)
+        stat["ci95"] = [stat["mean"] - half, stat["mean"] + half]
+    return stat
+
+
+def excludes_zero(stat: dict) -> bool:
+    ci = stat.get("ci95")
+    return ci is not None and (ci[0] > 0 or ci[1] < 0)
+
+
+PAIRED_KEYS = ("id_after", "ood_after", "id_pass_after")
+
+
+def paired_differences(rows: list[dict], ref_rows: list[dict]) -> dict:
+    """Per metric, the mean of (method - reference) over the seeds both finished, with its 95% interval."""
+    ref = {r["seed"]: r for r in ref_rows if r["status"] == "ok"}
+    ok = [r for r in rows if r["status"] == "ok" and r["seed"] in ref]
+    out: dict = {"seeds": sorted(r["seed"] for r in ok)}
+    for key in PAIRED_KEYS:
+        diffs = [r[key] - ref[r["seed"]][key] for r in ok
+                 if r[key] is not None and ref[r["seed"]][key] is not None]
+        stat = mean_ci(diffs)
+        stat["excludes_0"] = excludes_zero(stat)
+        out[key] = stat
+    return out
+
+
+def default_reference(methods: list[str]) -> str | None:
+    """srft when the suite has it, else its first method."""
+    return "srft" if "srft" in methods else (methods[0] if methods else None)
+
+
 def status_text(counts: dict[str, int], requested: int) -> str:
     """``ok``, or what went wrong: ``2 of 3 failed, 1 of 3 not run``."""
     if counts.get("ok", 0) == requested:
@@ -133,7 +194,7 @@ def aggregate(rows: list[dict], requested_seeds: int) -> dict:
     return {
         "n_requested": requested_seeds, "n_ok": len(ok), "counts": counts,
         "status": status_text(counts, requested_seeds),
-        **{key: mean_std([r[key] for r in ok]) for key in ("id_before", "id_after", "ood_after", "id_pass_after")},
+        **{key: mean_ci([r[key] for r in ok]) for key in ("id_before", "id_after", "ood_after", "id_pass_after")},
         "wall_s": sum(walls) / len(walls) if walls else None,
         "gen_tokens": sum(tokens) / len(tokens) if tokens else None,
     }
@@ -143,11 +204,36 @@ def aggregate(rows: list[dict], requested_seeds: int) -> dict:
 
 
 def fmt_stat(stat: dict, requested: int) -> str:
-    """``0.812 ± 0.021``; ``(n=2)`` after it when fewer seeds finished than were asked for."""
+    """``0.812 [0.760, 0.864]`` (the mean and its 95% interval; the mean alone for one seed);
+    ``(n=2)`` after it when fewer seeds finished than were asked for."""
     if stat["mean"] is None:
         return "–"
-    text = f"{stat['mean']:.3f}" if stat["std"] is None else f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+    ci = stat.get("ci95")
+    text = f"{stat['mean']:.3f}" if ci is None else f"{stat['mean']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
     return text + (f" (n={stat['n']})" if stat["n"] < requested else "")
+
+
+def fmt_diff(stat: dict) -> str:
+    """``+0.100 [+0.020, +0.180] *`` (* : the interval excludes 0); ``+0.100`` for one seed pair."""
+    if stat["mean"] is None:
+        return "–"
+    ci = stat.get("ci95")
+    if ci is None:
+        return f"{stat['mean']:+.3f}"
+    return f"{stat['mean']:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]" + (" *" if excludes_zero(stat) else "")
+
+
+def diff_table(methods: list[str], diffs: dict[str, dict], reference: str, k: Any) -> str:
+    k = k or "k"
+    header = ["method", "seeds paired", f"ID acc after − {reference}", f"OOD acc after − {reference}",
+              f"ID pass@{k} after − {reference}"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * 4) + "|"]
+    for m in methods:
+        if m == reference:
+            continue
+        d = diffs[m]
+        lines.append("| " + " | ".join([m, str(len(d["seeds"]))] + [fmt_diff(d[key]) for key in PAIRED_KEYS]) + " |")
+    return "\n".join(lines)
 
 
 def fmt_tokens(n: float | None) -> str:
@@ -188,7 +274,8 @@ def _first(rows: list[dict], key: str) -> Any:
 
 
 def markdown_report(meta: dict, regimes: list[str], methods: list[str], rows: list[dict],
-                    aggregates: dict[str, dict[str, dict]]) -> str:
+                    aggregates: dict[str, dict[str, dict]], differences: dict | None = None,
+                    reference: str | None = None) -> str:
     k, temp = _first(rows, "k"), _first(rows, "temperature")
     n_prompts = _first(rows, "n_prompts") or {}
     budget = effective_overrides(meta.get("common", []) + meta.get("extra", []))
@@ -204,14 +291,21 @@ def markdown_report(meta: dict, regimes: list[str], methods: list[str], rows: li
         "",
         f"Accuracy is avg@{k or 'k'} at temperature {temp if temp is not None else '?'} on "
         + (", ".join(f"{n} {s}" for s, n in n_prompts.items()) + " prompts" if n_prompts else "the test splits")
-        + " (ID: test_id, OOD: test_ood), mean ± std over the seeds whose run finished (std with ddof=1); "
-          "(n=…) when fewer seeds finished than were asked for. Wall time and tokens generated are per run.",
+        + " (ID: test_id, OOD: test_ood): the mean over the seeds whose run finished and its 95% interval "
+          "[low, high] (Student t with n-1 degrees of freedom; none for a single seed); (n=…) when fewer seeds "
+          "finished than were asked for. Wall time and tokens generated are per run."
+        + (f" Below each table, every method's paired difference to `{reference}` on the seeds both finished: "
+           "the mean difference and its 95% t interval; * marks an interval that excludes 0 (a gap the seeds "
+           "resolve)." if reference else ""),
         "",
         COST_NOTE,
     ]
     for regime in regimes:
-        lines += ["", f"## Regime `{regime}`", "", markdown_table(methods, aggregates[regime], k),
-                  "", f"Curves: `curves-{regime}.png`."]
+        lines += ["", f"## Regime `{regime}`", "", markdown_table(methods, aggregates[regime], k)]
+        if reference and differences and len(methods) > 1:
+            lines += ["", f"Paired differences against `{reference}`:", "",
+                      diff_table(methods, differences[regime], reference, k)]
+        lines += ["", f"Curves: `curves-{regime}.png`."]
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:
         lines += ["", "## Failed runs", ""]
@@ -224,11 +318,13 @@ def markdown_report(meta: dict, regimes: list[str], methods: list[str], rows: li
 # --------------------------------------------------------------------------- the report
 
 
-def build_report(out_dir: Path, runs: list[RunSpec], meta: dict, plots: bool = True) -> dict:
+def build_report(out_dir: Path, runs: list[RunSpec], meta: dict, plots: bool = True,
+                 reference: str | None = None) -> dict:
     """Collect every run, write compare.md, compare.json and the curve PNGs; return the JSON document.
 
     ``meta``: suite, description, seeds (asked for), common, extra, regimes (name -> overrides),
-    methods (the suite's method list, in report order) and suite_file.
+    methods (the suite's method list, in report order) and suite_file. ``reference``: the method
+    the paired differences are taken against (default: srft when present, else the first method).
     """
     out_dir = Path(out_dir)
     rows = [collect_run(r) for r in runs]
@@ -240,9 +336,20 @@ def build_report(out_dir: Path, runs: list[RunSpec], meta: dict, plots: bool = T
                  for m in methods}
         for regime in regimes
     }
-    md = markdown_report(meta, regimes, methods, rows, aggregates)
+    if reference is None:
+        reference = default_reference(methods)
+    elif reference not in methods:
+        raise ValueError(f"reference method '{reference}' is not among the compared methods: {', '.join(methods)}")
+    differences = {
+        regime: {m: paired_differences([x for x in rows if x["regime"] == regime and x["method"] == m],
+                                       [x for x in rows if x["regime"] == regime and x["method"] == reference])
+                 for m in methods if m != reference}
+        for regime in regimes
+    }
+    md = markdown_report(meta, regimes, methods, rows, aggregates, differences, reference)
     (out_dir / "compare.md").write_text(md)
-    doc = {**meta, "runs": rows, "aggregates": aggregates, "regime_order": regimes, "method_order": methods}
+    doc = {**meta, "runs": rows, "aggregates": aggregates, "reference": reference, "differences": differences,
+           "regime_order": regimes, "method_order": methods}
     (out_dir / "compare.json").write_text(json.dumps(doc, indent=1))
     if plots:
         from srft.compare.curves import plot_regime

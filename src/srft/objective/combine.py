@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from srft.config import ObjectiveConfig
+from srft.objective.cov import clip_cov_mask, detach_where, kl_cov_loss, kl_cov_mask, token_covariance
 from srft.objective.losses import (
     chord_mu,
     entropy_for_weights,
@@ -35,7 +36,7 @@ from srft.objective.losses import (
 )
 
 # Every term the objective can produce, in logging order.
-TERMS = ("sft", "offpolicy", "pos", "neg", "grpo", "entropy_bonus", "kl")
+TERMS = ("sft", "offpolicy", "pos", "neg", "grpo", "entropy_bonus", "kl", "kl_cov")
 
 
 def token_losses(
@@ -55,6 +56,7 @@ def token_losses(
     prefix_len_B: torch.Tensor | None = None,  # [B] Prefix-RFT: demonstration tokens opening each rollout
     kl_BT: torch.Tensor | None = None,  # [B, T] full-vocabulary KL to the reference (kl_estimator=full)
     rollout_logp_BT: torch.Tensor | None = None,  # [B, T] the engine's log-probs of rollout tokens (NaN: none)
+    cov_generator: torch.Generator | None = None,  # clip-cov's random choice of tokens
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Return (terms, weights): terms name -> [B, T] loss, weights 'w_sft'/'w_rl' -> [B, T] (detached).
 
@@ -84,23 +86,38 @@ def token_losses(
     # Own rollouts sampled by an engine other than the trainer: optional truncated IS weight.
     tis_BT = tis_weight(logp_BT, rollout_logp_BT, cfg.tis_cap)
     terms = {name: zeros for name in TERMS}
+    # Clip-Cov / KL-Cov choose among the plain rollout tokens (not demonstrations), for the own-rollout term.
+    pg_logp_BT, kl_cov_BT = logp_BT, None
+    if cfg.cov_method != "none" and cfg.self_rollout != "none":
+        cov_BT = token_covariance(logp_BT, adv_B, roll_BT)
+        if cfg.cov_method == "clip-cov":
+            pg_logp_BT = detach_where(logp_BT, clip_cov_mask(cov_BT, roll_BT, cfg.cov_ratio, cfg.cov_low,
+                                                             cfg.cov_high, cov_generator))
+        elif cfg.cov_method == "kl-cov":
+            kl_cov_BT = kl_cov_mask(cov_BT, roll_BT, cfg.cov_ratio)
+        else:
+            raise ValueError(f"cov_method must be none, clip-cov or kl-cov, got {cfg.cov_method!r}")
     if cfg.sft_coef != 0:
         terms["sft"] = sft_loss(logp_BT, w_sft_BT) * demo_BT
     if cfg.offpolicy_coef != 0:
         terms["offpolicy"] = cfg.offpolicy_coef * offpolicy_loss(
             logp_BT, adv_B, cfg.offpolicy_shaping, cfg.shaping_gamma) * demo_BT
     if cfg.self_rollout == "srft":
-        both_BT = tis_BT * self_rollout_loss(logp_BT, correct_B, w_rl_BT, cfg.neg_coef)
+        both_BT = tis_BT * self_rollout_loss(pg_logp_BT, correct_B, w_rl_BT, cfg.neg_coef)
         correct_BT = correct_B.unsqueeze(-1).to(mask.dtype)
         terms["pos"] = both_BT * roll_BT * correct_BT
         terms["neg"] = both_BT * roll_BT * (1 - correct_BT)
     elif cfg.self_rollout == "grpo":
         if old_logp_BT is None:  # with TIS the ratio is the trainer's own; without, the engine's
             old_logp_BT = old_logprobs(logp_BT, rollout_logp_BT, use_rollout=cfg.tis_cap <= 0)
-        surrogate_BT, _ = grpo_loss(logp_BT, old_logp_BT, adv_B, cfg.clip_eps, cfg.clip_eps_high)
+        surrogate_BT, _ = grpo_loss(pg_logp_BT, old_logp_BT, adv_B, cfg.clip_eps, cfg.clip_eps_high)
         terms["grpo"] = tis_BT * surrogate_BT * roll_BT
     elif cfg.self_rollout != "none":
         raise ValueError(f"self_rollout must be srft, grpo or none, got {cfg.self_rollout!r}")
+    if kl_cov_BT is not None and cfg.kl_cov_coef != 0:
+        kl_old_BT = old_logp_BT if old_logp_BT is not None else old_logprobs(
+            logp_BT, rollout_logp_BT, use_rollout=cfg.tis_cap <= 0)
+        terms["kl_cov"] = cfg.kl_cov_coef * kl_cov_loss(logp_BT, kl_old_BT) * kl_cov_BT
     if cfg.entropy_coef != 0:
         terms["entropy_bonus"] = -cfg.entropy_coef * entropy_BT * roll_BT
     if cfg.kl_coef != 0:

@@ -17,6 +17,11 @@ Optional: ``answer_response(answer) -> str``, a response that states ``answer`` 
 format ``verify`` expects (``#### 632``, ``\\boxed{632}``). ``srft doctor`` uses it to
 check that the verifier accepts the data's own gold answers; a task without it skips
 that check.
+
+Optional: ``hinted_prompt(prompt, answer)``, the prompt with its answer given as a hint
+(for rationalisation: the model writes a solution that reaches a known answer). Without
+it, :func:`hinted_prompt` appends "The answer is X." to a text prompt, or to the last
+user message of a chat prompt.
 """
 
 from __future__ import annotations
@@ -48,6 +53,26 @@ def answer_response(task: Task, answer: str) -> str | None:
     when the task has no such method (it is optional for plugins)."""
     fn = getattr(task, "answer_response", None)
     return fn(str(answer)) if callable(fn) else None
+
+
+def hinted_prompt(task: Task, prompt, answer: str):
+    """The prompt (text or chat messages) with ``answer`` given as a hint: ``task.hinted_prompt``
+    when the task has one, else "The answer is X." appended to the text or to the last user
+    message (a new user message when there is none). The prompt itself is not changed."""
+    fn = getattr(task, "hinted_prompt", None)
+    if callable(fn):
+        return fn(prompt, str(answer))
+    hint = f"The answer is {answer}."
+    if isinstance(prompt, str):
+        return f"{prompt.rstrip()} {hint}" if prompt.strip() else hint
+    messages = [dict(m) for m in prompt]
+    users = [j for j, m in enumerate(messages) if m.get("role") == "user"]
+    if users:
+        last = messages[users[-1]]
+        last["content"] = f"{str(last.get('content', '')).rstrip()}\n\n{hint}"
+    else:
+        messages.append({"role": "user", "content": hint})
+    return messages
 
 
 def _finite(x) -> float | None:

@@ -86,6 +86,8 @@ from srft.rollout.engine import build_engine, generate_with_logprobs
 from srft.tasks import make_task
 from srft.tasks.base import verify_all  # a module global: tests patch it
 from srft.training.batching import pad_batch, response_logits, response_logprobs
+from srft.training.bootstrap import FILE as BOOTSTRAP_FILE
+from srft.training.bootstrap import ensure_bootstrap
 from srft.training.checkpoint import (
     CheckpointError,
     config_hash,
@@ -308,10 +310,12 @@ def run(t: Trainer, cfg: Config, tests: dict, run_dir: Path, model_path: Path, r
             return run_dir
         say(f"resumed {run_dir} at step {start_step}")
     elif dist.main:
-        for path in (log.path, eval_log.path):
+        for path in (log.path, eval_log.path, run_dir / BOOTSTRAP_FILE):
             path.unlink(missing_ok=True)
     if dist.main:
         save_config(cfg, run_dir / rundir.CONFIG)  # on resume, only once the checkpoint has matched it
+    dist.barrier()
+    ensure_bootstrap(t, pool, run_dir, say)  # demo_source rejection/rationalised: once per run
 
     if not resume:
         ev = evaluate(0)
@@ -535,13 +539,13 @@ def collect(t: Trainer, plan: StepPlan, pool: DemoPool, times: dict) -> StepBatc
         for g in range(len(examples)):
             batch.plain_ok.append([scores[pos + j].reward > 0 for j in range(len(responses[g]))])
             pos += len(responses[g]) + len(continuations[g])
-        if obj.demo_source != "expert":  # every rank's pool learns of every rank's solved prompts
+        if obj.demo_source in ("self", "mixed"):  # every rank's pool learns of every rank's solved prompts
             for r_idx, r_resp, r_ok in t.dist.gather((idx, responses, batch.plain_ok)):
                 pool.add(r_idx, r_resp, r_ok)
         demos = []
         if obj.demonstrations:
             for g, (i, p_ids) in enumerate(zip(idx, prompt_ids)):
-                d_ids, where = pick_demo(obj.demo_source, expert_ids[g], pool.get(i))
+                d_ids, where = pick_demo(obj.demo_source, expert_ids[g], pool.get(i), obj.bootstrap_fallback)
                 batch.demo_from[where] += 1
                 if d_ids is not None:
                     demos.append((g, p_ids, d_ids))
@@ -665,7 +669,9 @@ def micro_batch_step(t: Trainer, batch: StepBatch, ids: list[int], plan: StepPla
                                   batch.adv_N[ids].to(t.device), None, ref_BT, step=plan.step,
                                   sft_factor=plan.factors[0], rl_factor=plan.factors[1],
                                   prefix_len_B=batch.prefix_N[ids].to(t.device) if batch.n_prefixed else None,
-                                  kl_BT=kl_BT, rollout_logp_BT=rollout_BT)
+                                  kl_BT=kl_BT, rollout_logp_BT=rollout_BT,
+                                  cov_generator=torch.Generator().manual_seed(t.cfg.run.seed * 1_000_033 + plan.step)
+                                  if obj.cov_method == "clip-cov" else None)
     reduced = {n: agg_loss(v, mask_BT, obj.loss_agg, **counts) for n, v in terms.items()}
     (weight * sum(reduced.values())).backward()
     if weight == 0.0:
@@ -754,7 +760,9 @@ def make_record(t: Trainer, batch: StepBatch, stats: dict, plan: StepPlan, pool:
 
 def needs_expert(obj: ObjectiveConfig) -> bool:
     """Whether training rows must carry an expert demonstration."""
-    return ((obj.demonstrations and obj.demo_source != "self") or obj.sft_stage_steps > 0 or obj.relift_buffer > 0
+    bootstrapped_alone = obj.demo_source in ("rejection", "rationalised") and obj.bootstrap_fallback == "none"
+    return ((obj.demonstrations and obj.demo_source != "self" and not bootstrapped_alone)
+            or obj.sft_stage_steps > 0 or obj.relift_buffer > 0
             or obj.prefix_rollouts > 0 or obj.sasr_warmup_steps > 0)
 
 
@@ -788,14 +796,18 @@ def prefix_ratio(obj: ObjectiveConfig, step: int, total_steps: int) -> float:
     return obj.prefix_ratio_end + (obj.prefix_ratio_start - obj.prefix_ratio_end) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def pick_demo(source: str, expert: list[int] | None, own: list[int] | None) -> tuple[list[int] | None, str]:
-    """The demonstration of one prompt for ``objective.demo_source``, and where it came from."""
+def pick_demo(source: str, expert: list[int] | None, own: list[int] | None,
+              fallback: str = "expert") -> tuple[list[int] | None, str]:
+    """The demonstration of one prompt for ``objective.demo_source``, and where it came from
+    (``own``: the pool's, for rejection/rationalised the bootstrapped one; ``fallback``: theirs without one)."""
     if source == "expert":
         chosen = expert, "expert"
     elif source == "self":
         chosen = own, "self"
     elif source == "mixed":
         chosen = (own, "self") if own is not None else (expert, "expert")
+    elif source in ("rejection", "rationalised"):
+        chosen = (own, "self") if own is not None else (expert, "expert") if fallback == "expert" else (None, "none")
     else:
-        raise ValueError(f"demo_source must be expert, self or mixed, got {source!r}")
+        raise ValueError(f"demo_source must be expert, self, mixed, rejection or rationalised, got {source!r}")
     return chosen if chosen[0] is not None else (None, "none")

@@ -42,32 +42,113 @@ class StepPlan:
 
 class WeightFactors:
     """The step's factors of w_SFT and w_RL: schedules (linear, cosine), or the target-entropy
-    controller, which moves the log of each factor after every step from the rollout entropy."""
+    controller, which moves the log of each factor after every step from the rollout entropy.
+
+    ``controller_sign=assumed``: imitation is taken to raise entropy and own samples to lower it.
+    ``controller_sign=measured``: each controlled log factor is its base plus a dither of
+    +-probe (w_SFT's flips every step, w_RL's every two: the two are uncorrelated over a window),
+    and after each step the entropy changes h[j+1] - h[j] of the last ``window`` steps are fitted
+    by least squares on the factor changes l[j] - l[j-1] (the entropy of step j+1's rollouts is
+    the first to see step j's factor). The base then moves by gain * |gap| the way the fitted
+    slope says closes the gap, bounded like the assumed controller; no move while a slope is 0.
+    """
 
     name = "weights"
 
     def __init__(self, obj: ObjectiveConfig, total_steps: int):
         self.obj, self.total = obj, total_steps
         self.log_sft = self.log_rl = 0.0
+        self.history: list[list[float]] = []  # measured: per step [log sft applied, log rl applied, entropy]
+        self.applied = (0.0, 0.0)
+
+    def _controlled(self) -> tuple[bool, bool]:
+        return self.obj.sft_weight == "target", self.obj.rl_weight == "target"
 
     def plan(self, plan: StepPlan) -> None:
         o = self.obj
-        plan.factors = (weight_factor(o.sft_weight, plan.step, self.total, o.sft_schedule_end, self.log_sft),
-                        weight_factor(o.rl_weight, plan.step, self.total, o.rl_schedule_end, self.log_rl))
+        log_sft, log_rl = self.log_sft, self.log_rl
+        if o.controller_sign == "measured":
+            sft_on, rl_on = self._controlled()
+            log_sft += o.controller_probe * (1 if plan.step % 2 == 0 else -1) * sft_on
+            log_rl += o.controller_probe * (1 if plan.step // 2 % 2 == 0 else -1) * rl_on
+        self.applied = (log_sft, log_rl)
+        plan.factors = (weight_factor(o.sft_weight, plan.step, self.total, o.sft_schedule_end, log_sft),
+                        weight_factor(o.rl_weight, plan.step, self.total, o.rl_schedule_end, log_rl))
+
+    def slopes(self) -> tuple[float, float]:
+        """The fitted d entropy / d log factor of w_SFT and w_RL (0 when not yet known)."""
+        rows = self.history[-(self.obj.controller_window + 1):]
+        pairs = [((rows[j][0] - rows[j - 1][0], rows[j][1] - rows[j - 1][1]), rows[j + 1][2] - rows[j][2])
+                 for j in range(1, len(rows) - 1)]
+        sft_on, rl_on = self._controlled()
+        if len(pairs) < 2:
+            return 0.0, 0.0
+        # least squares dh = b_sft * dl_sft + b_rl * dl_rl over the controlled factors
+        a11 = sum(x[0] ** 2 for x, _ in pairs) if sft_on else 0.0
+        a22 = sum(x[1] ** 2 for x, _ in pairs) if rl_on else 0.0
+        a12 = sum(x[0] * x[1] for x, _ in pairs) if sft_on and rl_on else 0.0
+        c1 = sum(x[0] * y for x, y in pairs) if sft_on else 0.0
+        c2 = sum(x[1] * y for x, y in pairs) if rl_on else 0.0
+        if sft_on and rl_on:
+            det = a11 * a22 - a12 ** 2
+            if det <= 1e-12:
+                return 0.0, 0.0
+            return (c1 * a22 - c2 * a12) / det, (c2 * a11 - c1 * a12) / det
+        return (c1 / a11 if a11 > 0 else 0.0), (c2 / a22 if a22 > 0 else 0.0)
 
     def observe(self, record: dict) -> None:
         o = self.obj
-        if "target" in (o.sft_weight, o.rl_weight):
-            h = record["entropy_rollout"]
-            # imitation is assumed to raise entropy (w_SFT up when below target), own samples to lower it
-            self.log_sft = controller_update(self.log_sft, h, o.entropy_target, o.controller_gain, -1.0)
-            self.log_rl = controller_update(self.log_rl, h, o.entropy_target, o.controller_gain, +1.0)
+        if "target" not in (o.sft_weight, o.rl_weight):
+            return
+        h = record["entropy_rollout"]
+        if o.controller_sign == "measured":
+            self.history = (self.history + [[*self.applied, h]])[-(o.controller_window + 2):]
+            b_sft, b_rl = self.slopes()
+            # the factor whose fitted slope is s moves by sign(s) * gain * (target - h), as the assumed one
+            # does with its fixed sign (controller_update's sign is -sign(s))
+            self.log_sft = controller_update(self.log_sft, h, o.entropy_target, o.controller_gain,
+                                             -float(b_sft > 0) + float(b_sft < 0))
+            self.log_rl = controller_update(self.log_rl, h, o.entropy_target, o.controller_gain,
+                                            -float(b_rl > 0) + float(b_rl < 0))
+            record["controller_slope_sft"], record["controller_slope_rl"] = b_sft, b_rl
+            return
+        # imitation is assumed to raise entropy (w_SFT up when below target), own samples to lower it
+        self.log_sft = controller_update(self.log_sft, h, o.entropy_target, o.controller_gain, -1.0)
+        self.log_rl = controller_update(self.log_rl, h, o.entropy_target, o.controller_gain, +1.0)
 
     def state_dict(self) -> dict:
-        return {"log_sft": self.log_sft, "log_rl": self.log_rl}
+        return {"log_sft": self.log_sft, "log_rl": self.log_rl, "history": [list(r) for r in self.history]}
 
     def load_state_dict(self, state: dict) -> None:
         self.log_sft, self.log_rl = float(state["log_sft"]), float(state["log_rl"])
+        self.history = [[float(x) for x in r] for r in state.get("history", [])]
+
+
+class EntropyCoef:
+    """The adaptive entropy bonus coefficient (Skywork-OR1): after each step it rises by
+    ``entropy_coef_step`` while rollout entropy is below ``entropy_target`` and falls by it
+    while above, clamped to [0, entropy_coef_max]; it starts at ``entropy_coef``."""
+
+    name = "entropy_coef"
+
+    def __init__(self, obj: ObjectiveConfig):
+        self.obj = obj
+        self.coef = obj.entropy_coef
+
+    def plan(self, plan: StepPlan) -> None:
+        plan.objective = dataclasses.replace(plan.objective, entropy_coef=self.coef)
+        plan.record["entropy_coef"] = self.coef
+
+    def observe(self, record: dict) -> None:
+        o, h = self.obj, record["entropy_rollout"]
+        step = o.entropy_coef_step if h < o.entropy_target else -o.entropy_coef_step if h > o.entropy_target else 0.0
+        self.coef = min(max(self.coef + step, 0.0), o.entropy_coef_max)
+
+    def state_dict(self) -> dict:
+        return {"coef": self.coef}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.coef = float(state["coef"])
 
 
 class TwoStage:
@@ -198,6 +279,8 @@ def build_step_methods(cfg: Config, sft_grad_norm_of_step) -> list:
     """The step-level methods of ``cfg``, in the order their plans apply (the pool is always there)."""
     obj = cfg.objective
     methods: list = [WeightFactors(obj, cfg.run.steps), DemoPool()]
+    if obj.entropy_coef_mode == "adaptive":  # before the methods that turn a step into SFT (no bonus there)
+        methods.append(EntropyCoef(obj))
     if obj.sft_stage_steps:
         methods.append(TwoStage(obj.sft_stage_steps))
     if obj.sasr_warmup_steps:
@@ -219,4 +302,5 @@ def load_methods_state(methods: list, extra: dict) -> None:
               "relift": {"buffer": extra.get("relift_buffer", [])}, "pool": {"pool": extra.get("demo_pool", {})},
               "two_stage": {}}
     for m in methods:
-        m.load_state_dict(extra.get(m.name, legacy[m.name]))
+        if m.name in extra or m.name in legacy:
+            m.load_state_dict(extra.get(m.name, legacy.get(m.name)))

@@ -12,6 +12,7 @@ on first use of one of the names.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
@@ -112,7 +113,9 @@ def evaluate(config: Config, splits: Iterable[str] | str | None = ("test_id", "t
 
     if not isinstance(config, Config):
         raise ConfigError(f"evaluate: expected a Config (from srft.load_config), got {type(config).__name__}")
-    cfg = config
+    # Evaluation uses the prompts and answers only: a demonstration over the response limit is cut,
+    # not a reason to drop its prompt (as data.too_long=drop would in training).
+    cfg = dataclasses.replace(config, data=dataclasses.replace(config.data, too_long="truncate"))
     wanted = _split_list(splits)
     task = make_task(cfg, need_train=False)  # a bad task or data file fails before a model is loaded
     try:

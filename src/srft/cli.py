@@ -105,7 +105,7 @@ def _add_config_args(p: argparse.ArgumentParser, items: bool = False) -> None:
 
 
 def _load(args):
-    from srft.config import load_config
+    from srft.api import load_config
 
     preset = args.preset if args.preset else (None if args.config else "srft")
     return load_config(preset, args.config, args.overrides)
@@ -113,9 +113,10 @@ def _load(args):
 
 def cmd_train(args) -> int:
     from srft import rundir
-    from srft.config import ConfigError, load_config
+    from srft.api import load_config, train
+    from srft.config import ConfigError
     from srft.training.checkpoint import CheckpointError
-    from srft.training.loop import DivergenceError, train
+    from srft.training.loop import DivergenceError
     from srft.training.resume import check_resume_changes
 
     try:

@@ -225,7 +225,7 @@ def compare_dir(tmp_path_factory, tiny_model_dir):
 
 def test_analyze_compare_dir_end_to_end(compare_dir, capsys):
     out = compare_dir / "analysis"
-    rc = main(["analyze", str(compare_dir), "--n-prompts", "6", "--threshold", "0.01", "--threads", "1"])
+    rc = main(["analyze", str(compare_dir), "--n-prompts", "6", "--threshold", "0.01", "model.threads=1"])
     assert rc == 0
     for name in ("analysis.md", "analysis.json", "shift-reg.png", "entropy-reg.png", "map-reg.png",
                  "responses-reg.jsonl"):
@@ -262,7 +262,7 @@ def test_analyze_models(tmp_path, tiny_model_dir):
     _copy_model(tiny_model_dir, pert, 0.3, 0)
     out = tmp_path / "out"
     rc = main(["analyze", "--models", str(tiny_model_dir), str(tiny_model_dir), str(pert), str(tmp_path / "missing"),
-               "--n-prompts", "4", "--out", str(out), "--threads", "1"])
+               "--n-prompts", "4", "--out", str(out), "model.threads=1"])
     assert rc == 0
     res = json.loads((out / "analysis.json").read_text())
     rows = {r["label"]: r for r in res["regimes"]["models"]["map"]["runs"]}

@@ -133,8 +133,8 @@ def test_benchmark_bad_file(kind, tiny_model_dir, tmp_path, capsys):
     good = _parquet(tmp_path / "math.parquet")
     bad, fragment = _bad_file(kind, tmp_path)
     fragment = fragment.replace("does not exist", "no such file")  # the loader's own word for it
-    assert main(["benchmark", "--model", str(tiny_model_dir), "--files", str(good), str(bad)]) == 2
-    _one_error_line(capsys.readouterr().err, f"--files {bad}", fragment)
+    assert main(["benchmark", str(good), str(bad), f"model.path={tiny_model_dir}"]) == 2
+    _one_error_line(capsys.readouterr().err, f"benchmark file {bad}", fragment)
 
 
 def test_loader_names_the_problem(tmp_path):
@@ -152,9 +152,12 @@ def test_loader_names_the_problem(tmp_path):
 
 def test_benchmark_option_ranges(tmp_path, capsys):
     good = _parquet(tmp_path / "math.parquet")
-    for option, value in [("--verifier-timeout", "0"), ("--verifier-workers", "0"), ("--limit", "-1"),
-                          ("--temperature", "nan"), ("--batch", "0")]:
-        assert main(["benchmark", "--model", str(tmp_path / "nowhere"), "--files", str(good), option, value]) == 2
+    for option, value in [("data.verifier_timeout=", "0"), ("data.verifier_workers=", "0"),
+                          ("run.eval_temperature=", ".nan"), ("data.max_response_tokens=", "0")]:
+        assert main(["benchmark", str(good), f"model.path={tmp_path / 'nowhere'}", option + value]) == 2
+        _one_error_line(capsys.readouterr().err, option[:-1], value.strip("."))
+    for option, value in [("--limit", "-1"), ("--batch", "0")]:
+        assert main(["benchmark", str(good), f"model.path={tmp_path / 'nowhere'}", option, value]) == 2
         _one_error_line(capsys.readouterr().err, option, value)
 
 
@@ -252,8 +255,8 @@ def test_readme_file_task_uses_the_default_builtin_base_model(tiny_model_dir, tm
 
     monkeypatch.setattr(base_model, "ensure_base_model", fake_ensure_base_model)
     train, test = tmp_path / "add_train.parquet", tmp_path / "add_test.parquet"
-    assert main(["export", "--task", "addition", "--split", "train", "--n", "32", "--out", str(train)]) == 0
-    assert main(["export", "--task", "addition", "--split", "test_id", "--n", "8", "--out", str(test)]) == 0
+    assert main(["export", "data.task=addition", "--split", "train", "--n", "32", "--out", str(train)]) == 0
+    assert main(["export", "data.task=addition", "--split", "test_id", "--n", "8", "--out", str(test)]) == 0
     capsys.readouterr()
     out = tmp_path / "runs" / "readme"
     assert main(["train", "data.task=file", f"data.train_file={train}", f"data.test_id_file={test}",

@@ -98,9 +98,9 @@ def test_tiny_model_end_to_end_on_real_files(tiny_model_dir, tmp_path):
     from srft.cli import main
 
     out = tmp_path / "bench.json"
-    rc = main(["benchmark", "--model", str(tiny_model_dir), "--files", str(BENCH / "math.parquet"),
-               str(BENCH / "arc_c.parquet"), str(BENCH / "gpqa_diamond.parquet"), "--limit", "3",
-               "--max-new-tokens", "16", "--template", "reasoning", "--out", str(out), "--verifier-workers", "1"])
+    rc = main(["benchmark", str(BENCH / "math.parquet"), str(BENCH / "arc_c.parquet"),
+               str(BENCH / "gpqa_diamond.parquet"), f"model.path={tiny_model_dir}", "--limit", "3",
+               "data.max_response_tokens=16", "data.template=reasoning", "--out", str(out), "data.verifier_workers=1"])
     assert rc == 0
     data = json.loads(out.read_text())
     bench = data["summary"]["benchmarks"]

@@ -373,7 +373,7 @@ def test_cli_rejects_unknown_methods_and_dry_runs(tmp_path, capsys):
     assert main(["compare", "quick", "--methods", "srft,nope", "--out", str(tmp_path)]) == 2
     assert "unknown method 'nope' for suite 'quick'; valid: sft, dft" in capsys.readouterr().err
     assert main(["compare", "quick", "--methods", "grpo", "--seeds", "3", "--dry-run", "--out", str(tmp_path),
-                 "--set", "run.steps=2"]) == 0
+                 "run.steps=2"]) == 0
     out = capsys.readouterr().out
     assert out.count("-m srft train --preset grpo") == 2  # strong and weak
     assert "run.steps=2" in out and "run.seed=3" in out and "model.base_steps=600" in out
@@ -389,7 +389,7 @@ def test_compare_end_to_end_on_the_tiny_model(tiny_model_dir, tmp_path, capsys):
 
     out = tmp_path / "cmp"
     args = ["compare", "quick", "--methods", "sft,grpo", "--seeds", "0", "--regimes", "strong", "--out", str(out),
-            "--set", "run.steps=2", "rollout.prompts_per_step=2", "rollout.n=2", "data.test_size=4",
+            "run.steps=2", "rollout.prompts_per_step=2", "rollout.n=2", "data.test_size=4",
             "data.train_size=20", "run.eval_k=1", "model.threads=1",
             "run.plots=false", f"model.path={tiny_model_dir}"]
     assert main(args) == 0

@@ -18,7 +18,7 @@ def test_srft_raises_in_distribution_accuracy(built_base_model, base_cache_dir, 
     # measured: about 0.32 -> 0.59 after 100 steps; ask for a clear rise, not the exact figure
     assert ev["after"]["test_id"] > ev["before"]["test_id"] + 0.1, ev
     # the trained model evaluates from its directory with the evaluate command
-    assert main(["evaluate", "--model", str(tmp_path / "run" / "model"), "--n", "16", "--k", "2"]) == 0
+    assert main(["evaluate", f"model.path={tmp_path / 'run' / 'model'}", "data.test_size=16", "run.eval_k=2"]) == 0
     assert "test_id" in capsys.readouterr().out
 
 

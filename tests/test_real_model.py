@@ -255,9 +255,9 @@ def test_srft_benchmark_on_the_real_model(fetched, tmp_path, capsys):
              "answer": a, "data_source": "math"} for q, a in (("2+3", "5"), ("10-4", "6"), ("3*3", "9"))]
     export_rows(rows, bench, split="test")
     out_json = tmp_path / "bench.json"
-    rc, out, err = _main(capsys, ["benchmark", "--model", str(fetched[1]), "--files", str(bench), "--limit", "2",
-                                  "--max-new-tokens", "32", "--template", "chat", "--device", "cpu",
-                                  "--threads", str(THREADS), "--out", str(out_json)])
+    rc, out, err = _main(capsys, ["benchmark", str(bench), f"model.path={fetched[1]}", "--limit", "2",
+                                  "data.max_response_tokens=32", "data.template=chat", "model.device=cpu",
+                                  f"model.threads={THREADS}", "--out", str(out_json)])
     assert rc == 0, err
     lines = out.splitlines()
     assert lines[0].split()[:5] == ["benchmark", "n", "k", "avg@k", "pass@k"]

@@ -95,8 +95,8 @@ def test_trains_on_an_exported_luffy_parquet(tiny_model_dir, tmp_path):
 
     from srft.cli import main
 
-    assert main(["export", "--task", "addition", "--split", "train", "--n", "30", "--out", str(tmp_path / "tr.parquet")]) == 0
-    assert main(["export", "--task", "addition", "--split", "test_id", "--n", "4", "--out", str(tmp_path / "te.parquet")]) == 0
+    assert main(["export", "data.task=addition", "--split", "train", "--n", "30", "--out", str(tmp_path / "tr.parquet")]) == 0
+    assert main(["export", "data.task=addition", "--split", "test_id", "--n", "4", "--out", str(tmp_path / "te.parquet")]) == 0
     cols = set(pq.read_schema(tmp_path / "tr.parquet").names)
     assert {"prompt", "target", "reward_model", "data_source"} <= cols
     cfg = _cfg(tiny_model_dir, tmp_path, "srft", "data.task=file", f"data.train_file={tmp_path}/tr.parquet",

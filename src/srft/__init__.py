@@ -15,3 +15,20 @@ if "OMP_WAIT_POLICY" not in _os.environ and "GOMP_SPINCOUNT" not in _os.environ:
     _os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 __version__ = "0.1.0"
+
+# The Python API (srft.api), loaded on first use: ``import srft`` stays cheap and loads no torch,
+# so the wait policy above is still set before torch loads.
+_API = ("load_config", "train", "evaluate")
+__all__ = [*_API, "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from srft import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'srft' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_API])

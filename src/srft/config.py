@@ -470,8 +470,10 @@ def validate(cfg: Config) -> None:
     if cfg.data.train_size <= 0 and cfg.data.task != "file":
         raise ConfigError(f"data.train_size must be > 0 for generated tasks, got {cfg.data.train_size} "
                           f"(0 = all rows is for data.task=file)")
-    if cfg.data.task == "file" and not cfg.data.train_file:
-        raise ConfigError("data.task=file needs data.train_file=PATH (a .parquet, .jsonl or .json file)")
+    if cfg.data.task == "file" and not (cfg.data.train_file or cfg.data.test_id_file or cfg.data.test_ood_file):
+        # training needs data.train_file (checked when the task is made); evaluation needs a test file
+        raise ConfigError("data.task=file needs data.train_file=PATH (a .parquet, .jsonl or .json file), or for "
+                          "srft evaluate data.test_id_file=PATH or data.test_ood_file=PATH")
     if cfg.data.task != "file":
         given = [k for k in ("train_file", "test_id_file", "test_ood_file") if getattr(cfg.data, k)]
         if given:

@@ -412,8 +412,8 @@ def _argv(args) -> list[str]:
     """The arguments that reproduce this analysis (defaults written out, so the line says what was used)."""
     out = []
     if args.models:
-        out += ["--models", *args.models, "--task", args.task, "--data-seed", str(args.data_seed),
-                "--max-new-tokens", str(args.max_new_tokens)]
+        out += ["--models", *args.models, f"data.task={args.task}", f"data.seed={args.data_seed}",
+                f"data.max_response_tokens={args.max_new_tokens}"]
     else:
         out.append(args.compare_dir)
     if args.out:
@@ -421,7 +421,7 @@ def _argv(args) -> list[str]:
     out += ["--n-prompts", str(args.n_prompts), "--measure", args.measure]
     if args.threshold is not None:
         out += ["--threshold", str(args.threshold)]
-    out += ["--only", args.only, "--seed", str(args.seed)]
+    out += ["--only", args.only, f"run.seed={args.seed}"]
     if args.smooth:
         out += ["--smooth", str(args.smooth)]
     return out

@@ -29,7 +29,8 @@ from srft.compare.suite import Suite, SuiteError, load_suite
 
 DESCRIPTION = """\
 Train every (regime, method, seed) of a comparison suite with 'srft train' and report them
-side by side. Suites: built-in names (quick, entropy, bootstrap; files in
+side by side. Positional section.key=value arguments after the suite are overrides for every
+run, applied after the suite's common ones. Lists are comma-separated. Suites: built-in names (quick, entropy, bootstrap; files in
 srft/presets/compare/) or a path to a suite YAML file. Runs go to OUT/REGIME/METHOD/seedS
 (train.log, run_status.json and what 'srft train' writes); the report to OUT/compare.md,
 OUT/compare.json and OUT/curves-REGIME.png.
@@ -40,7 +41,7 @@ the running runs after they save a checkpoint.
 
 examples:
   srft compare quick --dry-run                         # the planned commands
-  srft compare quick --methods srft,grpo --seeds 0 --set run.steps=10
+  srft compare quick run.steps=10 --methods srft,grpo --seeds 0
   srft compare entropy --regimes strong --jobs 2
   srft compare --report-only runs/compare-quick        # report the finished runs
   srft compare --report-only runs/compare-quick --reference grpo   # paired gaps against grpo
@@ -130,7 +131,7 @@ def run_compare(args, say=print) -> int:
     if not args.suite:
         raise SuiteError("give a suite (built-in name or YAML file), or --report-only DIR")
     suite = load_suite(args.suite)
-    sel = select(suite, _csv(args.seeds, int), _csv(args.methods), _csv(args.regimes), args.set)
+    sel = select(suite, _csv(args.seeds, int), _csv(args.methods), _csv(args.regimes), args.overrides)
     out_dir = Path(args.out or f"runs/compare-{suite.name}")
     runs = plan_runs(suite, sel, out_dir)
     check_reference(reference, sel.methods)

@@ -41,7 +41,7 @@ class Selection:
     seeds: list[int]
     methods: list[str]
     regimes: list[str]
-    extra: list[str] = field(default_factory=list)  # --set: extra common overrides
+    extra: list[str] = field(default_factory=list)  # the command line's overrides for every run
 
 
 def select(suite: Suite, seeds: list[int] | None = None, methods: list[str] | None = None,
@@ -56,7 +56,7 @@ def select(suite: Suite, seeds: list[int] | None = None, methods: list[str] | No
                              f"valid: {', '.join(valid)}")
     for o in extra or []:
         if "=" not in o:
-            raise SuiteError(f"--set '{o}' is not of the form section.key=value")
+            raise SuiteError(f"override '{o}' is not of the form section.key=value")
     return Selection(
         seeds=list(dict.fromkeys(seeds)) if seeds else list(suite.seeds),
         methods=[m for m in valid_methods if not methods or m in methods],

@@ -284,7 +284,7 @@ def markdown_report(meta: dict, regimes: list[str], methods: list[str], rows: li
         "",
         f"Seeds {', '.join(str(s) for s in meta.get('seeds', []))}; overrides of every run (budget): "
         + (", ".join(f"`{o}`" for o in budget) or "none")
-        + (f" (of which from --set: {', '.join(f'`{o}`' for o in meta['extra'])})" if meta.get("extra") else "")
+        + (f" (of which from the command line: {', '.join(f'`{o}`' for o in meta['extra'])})" if meta.get("extra") else "")
         + ".",
         "Regimes: " + "; ".join(f"`{r}` ({', '.join(f'`{o}`' for o in meta.get('regimes', {}).get(r, [])) or 'defaults'})"
                                 for r in regimes) + ".",

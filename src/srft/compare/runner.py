@@ -41,7 +41,7 @@ CommandBuilder = Callable[[RunSpec, bool, int], list[str]]
 def train_command(run: RunSpec, resume: bool, threads: int) -> list[str]:
     """``python -m srft train`` for ``run``; a resumed run takes its config from its own config.yaml."""
     local = ["run.progress=false"]
-    # a model.threads the user set (--set) wins over the runner's share of the cores
+    # a model.threads the user set (an override on the command line) wins over the runner's share of the cores
     if not any(o.startswith("model.threads=") for o in run.overrides):
         local.append(f"model.threads={threads}")
     if resume:

@@ -24,7 +24,7 @@ The shipped weights make the default run start from the same model everywhere; a
 Measured with the default recipe (addition, seed 0, 1000 steps of 32 documents, 1.06M
 parameters; the figures are in the build's ``srft_base.json``): test_id avg@8 at T=1 is
 0.355 (greedy 0.97), test_ood (4-digit operands) 0. Fewer pre-training steps give a weaker
-model (``model.base_steps`` / ``srft build-base --steps``): 600 steps give test_id avg@8
+model (``model.base_steps``, also ``srft build-base model.base_steps=N``): 600 steps give test_id avg@8
 0.06 (greedy 0.20), 400 steps 0.02, 200 steps 0.01.
 """
 
@@ -373,7 +373,7 @@ def weights_digest(path: Path) -> str:
 def ship_base_model(steps: int, built: Path | None = None) -> Path:
     """Put the addition/seed-0 build of ``steps`` pre-training steps into ``SHIPPED_DIR``.
 
-    ``built`` is a finished build of that recipe (``srft build-base --out DIR --steps N``);
+    ``built`` is a finished build of that recipe (``srft build-base model.base_steps=N --out DIR``);
     without it the recipe is built here. The digest of the weights goes into srft_base.json
     so that a test can tell that the shipped files are the ones described.
     """

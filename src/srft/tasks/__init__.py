@@ -92,13 +92,18 @@ def get_task(spec: str, **kwargs) -> Task:
     return task
 
 
-def make_task(cfg):
+def make_task(cfg, need_train: bool = True):
     """The task of a config's ``data.task``: built-in, plugin, or data files (``file``).
 
-    Reads ``cfg.data`` only, so anything with a ``data`` section will do.
+    Reads ``cfg.data`` only, so anything with a ``data`` section will do. ``need_train=False``
+    (evaluation) lets ``data.task=file`` go without ``data.train_file`` when a test file is given.
     """
     d = cfg.data
     if d.task == "file":
+        if need_train and d.train_file is None:
+            from srft.data.loading import DataError
+
+            raise DataError("data.task=file needs data.train_file (a .parquet, .jsonl or .json file)")
         return FileTask(d.train_file, {"test_id": d.test_id_file, "test_ood": d.test_ood_file}, d.reward,
                         d.verifier_workers, d.verifier_timeout, d.verifier_think_answers)
     return get_task(d.task)

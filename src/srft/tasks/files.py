@@ -23,9 +23,11 @@ class FileTask:
                  reward: str = "auto", workers: int = 2, timeout_s: float = 5.0, think_answers: bool = False):
         from srft.data.loading import DataError
 
-        if train_file is None:
-            raise DataError("data.task=file needs data.train_file (a .parquet, .jsonl or .json file)")
-        self.files = {"train": train_file, **(test_files or {})}
+        if train_file is None and not any((test_files or {}).values()):
+            raise DataError("data.task=file needs data.train_file (a .parquet, .jsonl or .json file), or for "
+                            "evaluation data.test_id_file or data.test_ood_file")
+        # without a training file (evaluation only) the task has its test splits alone
+        self.files = {**({"train": train_file} if train_file is not None else {}), **(test_files or {})}
         for split, path in self.files.items():
             if path is not None and not Path(path).exists():
                 raise DataError(f"{self.key(split)} {path} does not exist; give the path of a .parquet, "

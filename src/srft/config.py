@@ -153,6 +153,10 @@ class ObjectiveConfig:
     demonstrations: bool = _f(True, "Add each prompt's demonstration to its rollout group (off for GRPO).")
     adv_norm: Literal["std", "mean"] = _f("std", "Group advantage: (r-mean)/(std+eps) or r-mean.")
     adv_eps: float = _f(1e-6, "Epsilon in the advantage's denominator.", range='[0, inf)')
+    adv_group: Literal["all", "rollouts"] = _f(
+        "all", "Which sequences make a prompt's advantage group: all (rollouts and the demonstration) or rollouts "
+        "(the demonstration stays out of the mean and std and gets advantage 0, as in CHORD: an all-wrong group "
+        "then gets no negative signal from a correct demonstration).")
     sft_coef: float = _f(0.5, "c_sft in w_SFT = c_sft * sg(exp(-H)) on demonstration tokens; 0 disables the SFT term.", range='[0, inf)')
     sft_weight: Literal["exp", "constant", "prob", "phi", "linear", "cosine", "target"] = _f(
         "exp", "w_SFT per token: c_sft * sg(exp(-H)) (exp, the paper), c_sft (constant), c_sft * sg(pi) (prob, DFT), "
@@ -201,6 +205,9 @@ class ObjectiveConfig:
     kl_estimator: Literal["k3", "full"] = _f(
         "k3", "KL estimate: k3 at the sequence's own tokens (cheap; unbiased only on own samples), or the exact "
         "KL over the whole vocabulary at each position (needs [B, T, V] log-probs of both models).")
+    kl_direction: Literal["pi-ref", "ref-pi"] = _f(
+        "pi-ref", "Which KL: KL(pi || ref) (pi-ref, the RL penalty) or KL(ref || pi) (ref-pi, ASFT's anchor: "
+        "sum_v ref(v) (log ref(v) - log pi(v)); needs kl_estimator=full).")
     kl_tokens: Literal["rollouts", "demos", "all"] = _f(
         "rollouts", "Where the KL penalty applies: own rollout tokens (RL), demonstration tokens (ASFT) or both.")
     demo_source: Literal["expert", "self", "mixed"] = _f(
@@ -222,6 +229,10 @@ class ObjectiveConfig:
                              "log-probs are then the engine's.", range='[0, inf)')
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "token-sum-norm"] = _f(
         "token-sum-norm", "How per-token losses are reduced to a scalar.")
+    term_norm: Literal["shared", "own"] = _f(
+        "shared", "The counts loss_agg divides by: shared (every term by the step's counts of all sequences) or own "
+        "(each term by the counts of the sequences it applies to: the SFT and off-policy terms by the "
+        "demonstrations', the rollout terms by the rollouts', the KL by kl_tokens'; CHORD's separate means).")
 
 
 @dataclass
@@ -443,6 +454,9 @@ def validate(cfg: Config) -> None:
                               f"got {value}")
     if o.prefix_rollouts > cfg.rollout.n:
         raise ConfigError(f"objective.prefix_rollouts must be in [0, rollout.n={cfg.rollout.n}], got {o.prefix_rollouts}")
+    if o.kl_direction == "ref-pi" and o.kl_estimator != "full":
+        raise ConfigError("objective.kl_direction=ref-pi needs objective.kl_estimator=full (k3 estimates KL(pi || ref) "
+                          "from the policy's own samples only)")
     betas = cfg.optim.betas
     if (len(betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in betas)
             or not all(0 <= b < 1 for b in betas)):

@@ -81,7 +81,7 @@ from srft.config import Config, ConfigError, ObjectiveConfig, save_config, with_
 from srft.distributed import SINGLE, Dist, init_from_env, local_tensor, shutdown
 from srft.evaluation.sampling import evaluate_splits as evaluate_test_splits
 from srft.models.loading import DTYPES, check_context, load_model_and_tokenizer, save_model, wrap_model
-from srft.objective import TERMS, agg_loss, kl_full, token_logprobs_and_entropy, token_losses
+from srft.objective import TERMS, agg_loss, kl_full, reduce_terms, token_logprobs_and_entropy, token_losses
 from srft.rollout.engine import build_engine, generate_with_logprobs
 from srft.tasks import make_task
 from srft.tasks.base import verify_all  # a module global: tests patch it
@@ -544,7 +544,7 @@ def collect(t: Trainer, plan: StepPlan, pool: DemoPool, times: dict) -> StepBatc
                                  [examples[g].answer for g, _, _ in demos]) if demos else []
     for g, p_ids, d_ids in demos:
         batch.add(p_ids, d_ids, g, examples[g].answer, is_demo=True)
-    batch.finish(list(scores) + list(demo_scores), obj.adv_norm, obj.adv_eps)
+    batch.finish(list(scores) + list(demo_scores), obj.adv_norm, obj.adv_eps, obj.adv_group)
     return batch
 
 
@@ -596,9 +596,7 @@ def update(t: Trainer, batch: StepBatch, plan: StepPlan, times: dict) -> dict:
     (skipped, the divergence guard, when the loss or the gradient norm is not finite)."""
     cfg, dist = t.cfg, t.dist
     lengths = batch.lengths
-    # Global counts (over every rank's sequences) so that micro-batch losses add up to the step's loss.
-    total = dist.sum({"num_tokens": float(sum(lengths)), "num_seqs": float(len(lengths))})
-    counts = dict(**total, max_len=cfg.data.max_response_tokens)
+    counts = step_counts(batch, cfg.data.max_response_tokens, dist)
     stats = {f"loss_{n}": 0.0 for n in TERMS}
     stats.update({k: 0.0 for k in ("ent_roll", "ent_demo", "tok_roll", "tok_demo", "w_sft", "w_rl", "prob_demo",
                                    "mismatch_sum", "mismatch_tokens")})
@@ -636,6 +634,18 @@ def update(t: Trainer, batch: StepBatch, plan: StepPlan, times: dict) -> dict:
     return stats
 
 
+def step_counts(batch: StepBatch, max_len: int, dist: Dist) -> dict[str, dict]:
+    """agg_loss's counts of the step's sequences, all of them, the demonstrations' and the rollouts':
+    global (over every rank's sequences), so that micro-batch losses add up to the step's loss."""
+    local = {}
+    for kind, keep in (("all", lambda d: True), ("demos", lambda d: d), ("rollouts", lambda d: not d)):
+        chosen = [n for n, d in zip(batch.lengths, batch.is_demo) if keep(d)]
+        local[f"{kind}.num_tokens"], local[f"{kind}.num_seqs"] = float(sum(chosen)), float(len(chosen))
+    total = dist.sum(local)
+    return {kind: dict(num_tokens=total[f"{kind}.num_tokens"], num_seqs=total[f"{kind}.num_seqs"], max_len=max_len)
+            for kind in ("all", "demos", "rollouts")}
+
+
 def micro_batch_step(t: Trainer, batch: StepBatch, ids: list[int], plan: StepPlan, counts: dict,
                      stats: dict, weight: float = 1.0) -> None:
     """Forward and backward of the sequences ``ids``; their reduced terms and figures go to ``stats``.
@@ -651,7 +661,8 @@ def micro_batch_step(t: Trainer, batch: StepBatch, ids: list[int], plan: StepPla
             ref_logits_BTV = response_logits(t.ref_model, mb)
         ref_BT, _ = token_logprobs_and_entropy(ref_logits_BTV, mb["tokens_BT"])
         if obj.kl_estimator == "full":
-            kl_BT = kl_full(torch.log_softmax(logits_BTV.float(), -1), torch.log_softmax(ref_logits_BTV.float(), -1))
+            kl_BT = kl_full(torch.log_softmax(logits_BTV.float(), -1), torch.log_softmax(ref_logits_BTV.float(), -1),
+                            obj.kl_direction)
         del ref_logits_BTV
     demo_B = batch.is_demo_N[ids].to(t.device)
     rollout_BT = batch.rollout_logprobs_BT(ids, mask_BT.shape[1])
@@ -661,7 +672,7 @@ def micro_batch_step(t: Trainer, batch: StepBatch, ids: list[int], plan: StepPla
                                   sft_factor=plan.factors[0], rl_factor=plan.factors[1],
                                   prefix_len_B=batch.prefix_N[ids].to(t.device) if batch.n_prefixed else None,
                                   kl_BT=kl_BT, rollout_logp_BT=rollout_BT)
-    reduced = {n: agg_loss(v, mask_BT, obj.loss_agg, **counts) for n, v in terms.items()}
+    reduced = reduce_terms(obj, terms, mask_BT, demo_B, counts)
     (weight * sum(reduced.values())).backward()
     if weight == 0.0:
         return

@@ -249,6 +249,8 @@ ACTIVE = {
     "srft-no-wsft": {"sft", "offpolicy", "pos", "neg", "entropy_bonus"},
     "srft-no-wrl": {"sft", "offpolicy", "pos", "neg", "entropy_bonus"},
     "grpo": {"grpo", "entropy_bonus"},
+    "dr-grpo": {"grpo", "entropy_bonus"},
+    "dapo": {"grpo"},  # no entropy bonus
     "sft": {"sft"},
     "dft": {"sft"},
     "luffy": {"offpolicy", "grpo", "entropy_bonus"},

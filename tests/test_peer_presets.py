@@ -194,3 +194,79 @@ def test_new_keys_are_listed_with_their_help(capsys):
 def test_new_keys_refuse_unknown_values(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config("srft", None, [override])
+
+
+# --------------------------------------------------------------------------- optim.mini_batches
+
+
+def _tiny_run(preset, model_dir, tmp_path, *extra):
+    import json
+
+    from srft.training.loop import train
+
+    before = torch.get_num_threads()
+    try:
+        cfg = load_config(preset, None, [
+            f"model.path={model_dir}", "run.eval_every=0", "run.save_every=0", "run.eval_k=2", "run.progress=false",
+            "run.plots=false", "rollout.prompts_per_step=2", "rollout.n=3", "data.train_size=20", "data.test_size=4",
+            "data.max_response_tokens=24", "data.too_long=truncate", "optim.micro_batch=4", "model.threads=1",
+            "run.steps=2", f"run.out_dir={tmp_path}/run", *extra])
+        run_dir = train(cfg)
+    finally:
+        torch.set_num_threads(before)
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _mixed_rewards(monkeypatch):
+    """Every third sequence counts as correct, so that every group has mixed rewards."""
+    import srft.training.loop as loop
+
+    real = loop.verify_all
+
+    def verify_all(task, texts, answers):
+        return [dataclasses.replace(s, reward=1.0, correct=True) if i % 3 == 0 else s
+                for i, s in enumerate(real(task, texts, answers))]
+
+    monkeypatch.setattr(loop, "verify_all", verify_all)
+
+
+def test_two_mini_batches_move_the_ratio_and_clipping_binds(tiny_model_dir, tmp_path, monkeypatch):
+    _mixed_rewards(monkeypatch)
+    # a large step and a narrow clip range, so that the second update's ratio leaves [1 - 0.01, 1 + 0.01]
+    records = _tiny_run("grpo", tiny_model_dir, tmp_path, "optim.mini_batches=2", "optim.lr=0.05",
+                        "optim.warmup_steps=0", "objective.clip_eps=0.01", "objective.clip_eps_high=0.01")
+    # the first mini-batch's update sees ratio 1 (old = rollout-time = current), the second's does not
+    assert all(r["clip_frac"] > 0 for r in records), [r["clip_frac"] for r in records]
+    assert all(math.isfinite(r["loss"]) and not r["skipped"] for r in records)
+
+
+def test_one_mini_batch_records_as_before(tiny_model_dir, tmp_path, monkeypatch):
+    _mixed_rewards(monkeypatch)
+    one = _tiny_run("grpo", tiny_model_dir, tmp_path / "a", "run.seed=3")
+    default = _tiny_run("grpo", tiny_model_dir, tmp_path / "b", "run.seed=3", "optim.mini_batches=1")
+    drop = ("t_", "gen_tokens_per_s", "train_tokens_per_s")
+    strip = lambda rs: [{k: v for k, v in r.items() if not k.startswith(drop)} for r in rs]  # noqa: E731
+    assert strip(one) == strip(default) and "clip_frac" not in one[0]
+
+
+def test_mini_batches_are_validated():
+    with pytest.raises(ConfigError, match="optim.mini_batches=4 exceeds rollout.prompts_per_step=2"):
+        load_config("grpo", None, ["optim.mini_batches=4", "rollout.prompts_per_step=2"])
+    with pytest.raises(ConfigError, match="optim.mini_batches"):
+        load_config("grpo", None, ["optim.mini_batches=0"])
+
+
+def test_mini_batch_ids_cut_the_groups_by_global_position():
+    from srft.distributed import SINGLE
+    from srft.training.loop import mini_batch_ids
+
+    b = StepBatch(idx=[0, 1, 2, 3], n_plain=1, n_prefixed=0)
+    for g in range(4):
+        b.add([9], [1], g, "a")
+    b.add([9], [1], 2, "a", is_demo=True)  # the demonstration goes with its group
+    assert mini_batch_ids(b, 2, SINGLE) == [[0, 1], [2, 3, 4]]
+
+    class Rank1:  # rank 1 of 2 holds global groups 4..7: all of the second mini-batch
+        enabled, rank, world = True, 1, 2
+
+    assert mini_batch_ids(b, 2, Rank1()) == [[], [0, 1, 2, 3, 4]]

@@ -244,6 +244,10 @@ class OptimConfig:
     warmup_steps: int = _f(10, "Linear learning-rate warm-up steps.", range='[0, inf)')
     schedule: Literal["constant", "cosine"] = _f("constant", "Learning-rate schedule after warm-up.")
     micro_batch: int = _f(64, "Sequences per forward/backward pass (gradient accumulation over the step).", range='(0, inf)')
+    mini_batches: int = _f(1, "Optimiser updates per rollout batch: the step's groups split into this many "
+                              "mini-batches, one update each, the GRPO ratio's old log-probs the rollout-time ones "
+                              "(from the second update on the ratio leaves 1 and clipping can bind); 1 = one update.",
+                           range='(0, inf)')
     max_bad_steps: int = _f(3, "Divergence guard: a step whose loss or gradient norm is not finite is skipped "
                                "(no update); after this many such steps in a row the run stops, keeping its "
                                "last good checkpoint.", range='(0, inf)')
@@ -454,6 +458,9 @@ def validate(cfg: Config) -> None:
                               f"got {value}")
     if o.prefix_rollouts > cfg.rollout.n:
         raise ConfigError(f"objective.prefix_rollouts must be in [0, rollout.n={cfg.rollout.n}], got {o.prefix_rollouts}")
+    if cfg.optim.mini_batches > cfg.rollout.prompts_per_step:
+        raise ConfigError(f"optim.mini_batches={cfg.optim.mini_batches} exceeds rollout.prompts_per_step="
+                          f"{cfg.rollout.prompts_per_step}: each mini-batch needs a group; lower optim.mini_batches")
     if o.kl_direction == "ref-pi" and o.kl_estimator != "full":
         raise ConfigError("objective.kl_direction=ref-pi needs objective.kl_estimator=full (k3 estimates KL(pi || ref) "
                           "from the policy's own samples only)")

@@ -11,9 +11,10 @@ Each step is planned, collected, updated and recorded:
   rollouts and demonstrations with the task's verifier (phase ``score``), and build each
   prompt's augmented group (rollouts + its demonstration) with its advantages: one
   ``StepBatch``;
-- ``update``: forward/backward in micro-batches, the per-token terms of ``srft.objective``
-  reduced with the step's global counts (phase ``forward_backward``), then clip the
-  gradient norm and step the optimiser and the schedule (phase ``optimizer``);
+- ``update``: for each of ``optim.mini_batches`` mini-batches of groups, forward/backward in
+  micro-batches, the per-token terms of ``srft.objective`` reduced with the mini-batch's
+  global counts (phase ``forward_backward``), then clip the gradient norm and step the
+  optimiser (phase ``optimizer``); the schedule steps once per step;
 - ``make_record``: the step's line of ``metrics.jsonl``, which the methods then observe.
 
 Periodic evaluation on the test splits, periodic checkpoints, and ``resume`` from the
@@ -26,10 +27,13 @@ good checkpoint kept (a non-finite model is never saved).
 
 Departures from the paper (the objective's own are in ``srft.objective.losses``):
 
-- One gradient step per batch of rollouts (no PPO epochs / mini-batches): the GRPO
-  ratio's "old" log-probs are the current ones detached, so the ratio is 1 in value
-  and clipping never binds; this matches the SRFT/LUFFY reference settings of one
-  update per rollout batch.
+- One optimiser update per batch of rollouts by default (``optim.mini_batches=1``): the
+  GRPO ratio's "old" log-probs are the current ones detached, so the ratio is 1 in value
+  and clipping never binds. The LUFFY/SRFT reference scripts instead run several updates
+  per rollout batch (LUFFY's run 2 mini-batches), where clipping acts; ``optim.mini_batches=N``
+  splits the step's groups into N mini-batches, one update each, with the rollout-time
+  log-probs as the old ones (the engine's, else a no-grad pass before the first update).
+  The learning-rate schedule moves once per step either way.
 - Demonstrations are scored by the verifier like rollouts; an expert demonstration
   that fails verification enters its group with reward 0 (counted in ``demo_reward``).
 - Rollouts that hit ``max_response_tokens`` without EOS are scored as they are
@@ -81,7 +85,16 @@ from srft.config import Config, ConfigError, ObjectiveConfig, save_config, with_
 from srft.distributed import SINGLE, Dist, init_from_env, local_tensor, shutdown
 from srft.evaluation.sampling import evaluate_splits as evaluate_test_splits
 from srft.models.loading import DTYPES, check_context, load_model_and_tokenizer, save_model, wrap_model
-from srft.objective import TERMS, agg_loss, kl_full, reduce_terms, token_logprobs_and_entropy, token_losses
+from srft.objective import (
+    TERMS,
+    agg_loss,
+    grpo_loss,
+    kl_full,
+    old_logprobs,
+    reduce_terms,
+    token_logprobs_and_entropy,
+    token_losses,
+)
 from srft.rollout.engine import build_engine, generate_with_logprobs
 from srft.tasks import make_task
 from srft.tasks.base import verify_all  # a module global: tests patch it
@@ -592,22 +605,84 @@ def generate_rollouts(t: Trainer, plan: StepPlan, prompt_ids, expert_ids, n_plai
 
 
 def update(t: Trainer, batch: StepBatch, plan: StepPlan, times: dict) -> dict:
-    """Forward/backward in micro-batches with the step's global counts, then the optimiser step
-    (skipped, the divergence guard, when the loss or the gradient norm is not finite)."""
+    """The step's optimiser updates: one per mini-batch of groups (``optim.mini_batches``), each
+    forward/backward in micro-batches with that mini-batch's global counts, then the optimiser step
+    (skipped, the divergence guard, when the loss or the gradient norm is not finite). The learning-rate
+    schedule and the engine's weights move once per step. With several mini-batches the GRPO ratio's
+    old log-probs are the rollout-time ones (:func:`rollout_time_logprobs`), so from the second update
+    on the ratio moves away from 1 and clipping can bind."""
+    n_mb = t.cfg.optim.mini_batches
+    old = rollout_time_logprobs(t, batch, plan, times) if n_mb > 1 else None
+    parts = [mini_batch_update(t, batch, ids, plan, times, old) for ids in mini_batch_ids(batch, n_mb, t.dist)]
+    if n_mb == 1:
+        stats = parts[0]
+    else:  # losses and gradient norms: the mean over the updates; token figures: their sums
+        stats = {k: sum(p[k] for p in parts) for k in parts[0] if k not in ("grad_norm", "skipped")}
+        for k in [f"loss_{n}" for n in TERMS]:
+            stats[k] /= n_mb
+        stats.update(grad_norm=sum(p["grad_norm"] for p in parts) / n_mb, skipped=any(p["skipped"] for p in parts),
+                     clip_frac=stats.pop("clipped") / max(stats["tok_roll"], 1.0))
+    with timed("optimizer", times):
+        with warnings.catch_warnings():  # torch warns of a scheduler step without an optimiser step
+            warnings.simplefilter("ignore", UserWarning)
+            t.scheduler.step()  # the schedule follows the step count, skipped steps included
+        if not all(p["skipped"] for p in parts):
+            t.engine.sync_weights(t.model)
+    return stats
+
+
+def mini_batch_ids(batch: StepBatch, n_mb: int, dist: Dist) -> list[list[int]]:
+    """This rank's sequences of each of the step's ``n_mb`` mini-batches: the step's groups in order,
+    cut into ``n_mb`` contiguous runs by their global position, so that the mini-batches are the same
+    whatever the number of ranks (a rank may have none of a mini-batch's groups)."""
+    n_local = len(batch.idx)
+    first, n_global = dist.rank * n_local if dist.enabled else 0, n_local * (dist.world if dist.enabled else 1)
+    which = [(first + g) * n_mb // n_global for g in batch.group]
+    return [[i for i, k in enumerate(which) if k == m] for m in range(n_mb)]
+
+
+@torch.no_grad()
+def rollout_time_logprobs(t: Trainer, batch: StepBatch, plan: StepPlan, times: dict) -> list[torch.Tensor]:
+    """Each sequence's log-probs under the policy that sampled it, before any update of the step:
+    the engine's where it gave them (and ``objective.tis_cap`` is 0), else a no-grad forward pass of
+    the trainer's model. One [len(response)] tensor per sequence."""
+    cfg, lengths = t.cfg, batch.lengths
+    out: list[torch.Tensor] = [torch.empty(0)] * len(lengths)
+    with timed("old_logprobs", times):
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        chunks = [order[s:s + cfg.optim.micro_batch] for s in range(0, len(order), cfg.optim.micro_batch)]
+        chunks += [order[:1]] * (t.dist.max(len(chunks)) - len(chunks))  # FSDP: as many passes as the busiest rank
+        for ids in chunks:
+            mb = pad_batch([batch.seqs[i] for i in ids], t.tokenizer.pad_token_id, t.device)
+            own_BT, _ = response_logprobs(t.model, mb)
+            engine_BT = batch.rollout_logprobs_BT(ids, own_BT.shape[1])
+            old_BT = old_logprobs(own_BT, None if engine_BT is None else engine_BT.to(t.device),
+                                  use_rollout=plan.objective.tis_cap <= 0)
+            for b, i in enumerate(ids):
+                out[i] = old_BT[b, :lengths[i]].float().cpu()
+    return out
+
+
+def mini_batch_update(t: Trainer, batch: StepBatch, ids: list[int], plan: StepPlan, times: dict,
+                      old: list[torch.Tensor] | None) -> dict:
+    """Forward/backward of the sequences ``ids`` (this rank's share of one mini-batch) with the
+    mini-batch's global counts, then one optimiser step; returns the update's figures."""
     cfg, dist = t.cfg, t.dist
     lengths = batch.lengths
-    counts = step_counts(batch, cfg.data.max_response_tokens, dist)
+    counts = step_counts(batch, cfg.data.max_response_tokens, dist, ids)
     stats = {f"loss_{n}": 0.0 for n in TERMS}
     stats.update({k: 0.0 for k in ("ent_roll", "ent_demo", "tok_roll", "tok_demo", "w_sft", "w_rl", "prob_demo",
                                    "mismatch_sum", "mismatch_tokens")})
+    if old is not None:
+        stats["clipped"] = 0.0
     t.optimizer.zero_grad(set_to_none=True)
     with timed("forward_backward", times):
-        order = sorted(range(len(lengths)), key=lambda i: lengths[i])  # similar lengths share a micro-batch
+        order = sorted(ids, key=lambda i: lengths[i])  # similar lengths share a micro-batch
         chunks = [order[start:start + cfg.optim.micro_batch] for start in range(0, len(order), cfg.optim.micro_batch)]
-        for ids in chunks:
-            micro_batch_step(t, batch, ids, plan, counts, stats)
+        for chunk in chunks:
+            micro_batch_step(t, batch, chunk, plan, counts, stats, old=old)
         for _ in range(dist.max(len(chunks)) - len(chunks)):  # FSDP: as many passes as the busiest rank
-            micro_batch_step(t, batch, order[:1], plan, counts, stats, weight=0.0)
+            micro_batch_step(t, batch, [0], plan, counts, stats, weight=0.0, old=old)
     stats = dist.sum(stats)
     with timed("optimizer", times):
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
@@ -625,21 +700,20 @@ def update(t: Trainer, batch: StepBatch, plan: StepPlan, times: dict) -> dict:
                                       f"parameters non-finite (first: {bad[0]}) although its gradient was finite "
                                       f"(norm {grad_norm:.3g}); lower optim.lr (now {cfg.optim.lr:g}) and resume "
                                       f"from the last checkpoint, which is kept")
-        with warnings.catch_warnings():  # torch warns of a scheduler step without an optimiser step
-            warnings.simplefilter("ignore", UserWarning)
-            t.scheduler.step()  # the schedule follows the step count, skipped steps included
-        if not skipped:
-            t.engine.sync_weights(t.model)
     stats.update(grad_norm=grad_norm, skipped=skipped)
     return stats
 
 
-def step_counts(batch: StepBatch, max_len: int, dist: Dist) -> dict[str, dict]:
-    """agg_loss's counts of the step's sequences, all of them, the demonstrations' and the rollouts':
-    global (over every rank's sequences), so that micro-batch losses add up to the step's loss."""
+def step_counts(batch: StepBatch, max_len: int, dist: Dist, ids: list[int] | None = None) -> dict[str, dict]:
+    """agg_loss's counts of the sequences ``ids`` (default: all of the step's), all of them, the
+    demonstrations' and the rollouts': global (over every rank's sequences), so that micro-batch
+    losses add up to the (mini-)batch's loss."""
+    ids = range(len(batch.lengths)) if ids is None else ids
+    lengths = [batch.lengths[i] for i in ids]
+    is_demo = [batch.is_demo[i] for i in ids]
     local = {}
     for kind, keep in (("all", lambda d: True), ("demos", lambda d: d), ("rollouts", lambda d: not d)):
-        chosen = [n for n, d in zip(batch.lengths, batch.is_demo) if keep(d)]
+        chosen = [n for n, d in zip(lengths, is_demo) if keep(d)]
         local[f"{kind}.num_tokens"], local[f"{kind}.num_seqs"] = float(sum(chosen)), float(len(chosen))
     total = dist.sum(local)
     return {kind: dict(num_tokens=total[f"{kind}.num_tokens"], num_seqs=total[f"{kind}.num_seqs"], max_len=max_len)
@@ -647,9 +721,10 @@ def step_counts(batch: StepBatch, max_len: int, dist: Dist) -> dict[str, dict]:
 
 
 def micro_batch_step(t: Trainer, batch: StepBatch, ids: list[int], plan: StepPlan, counts: dict,
-                     stats: dict, weight: float = 1.0) -> None:
+                     stats: dict, weight: float = 1.0, old: list[torch.Tensor] | None = None) -> None:
     """Forward and backward of the sequences ``ids``; their reduced terms and figures go to ``stats``.
-    ``weight=0``: a pass that adds nothing (a rank with fewer micro-batches than another)."""
+    ``weight=0``: a pass that adds nothing (a rank with fewer micro-batches than another). ``old``:
+    each sequence's rollout-time log-probs, the GRPO ratio's old ones (None: the current ones, detached)."""
     obj = plan.objective
     mb = pad_batch([batch.seqs[i] for i in ids], t.tokenizer.pad_token_id, t.device)
     mask_BT = mb["mask_BT"]
@@ -667,8 +742,14 @@ def micro_batch_step(t: Trainer, batch: StepBatch, ids: list[int], plan: StepPla
     demo_B = batch.is_demo_N[ids].to(t.device)
     rollout_BT = batch.rollout_logprobs_BT(ids, mask_BT.shape[1])
     rollout_BT = rollout_BT.to(t.device) if rollout_BT is not None else None
+    old_BT = None
+    if old is not None:
+        old_BT = torch.zeros_like(logp_BT)
+        for b, i in enumerate(ids):
+            old_BT[b, :len(old[i])] = old[i].to(t.device)
+    adv_B = batch.adv_N[ids].to(t.device)
     terms, weights = token_losses(obj, logp_BT, ent_BT, mask_BT, demo_B, batch.correct_N[ids].to(t.device),
-                                  batch.adv_N[ids].to(t.device), None, ref_BT, step=plan.step,
+                                  adv_B, old_BT, ref_BT, step=plan.step,
                                   sft_factor=plan.factors[0], rl_factor=plan.factors[1],
                                   prefix_len_B=batch.prefix_N[ids].to(t.device) if batch.n_prefixed else None,
                                   kl_BT=kl_BT, rollout_logp_BT=rollout_BT)
@@ -688,6 +769,9 @@ def micro_batch_step(t: Trainer, batch: StepBatch, ids: list[int], plan: StepPla
         stats["w_sft"] += float((weights["w_sft"] * demo_BT).sum())
         stats["w_rl"] += float((weights["w_rl"] * roll_BT).sum())
         stats["prob_demo"] += float((logp_BT.exp() * demo_BT).sum())
+        if old_BT is not None:  # rollout tokens where the GRPO clip binds
+            _, clipped_BT = grpo_loss(logp_BT, old_BT, adv_B, obj.clip_eps, obj.clip_eps_high)
+            stats["clipped"] += float((clipped_BT * roll_BT).sum())
         if rollout_BT is not None:  # how far the engine's log-probs are from the trainer's
             known_BT = ~torch.isnan(rollout_BT) & (mask_BT > 0)
             stats["mismatch_sum"] += float((logp_BT - rollout_BT).abs()[known_BT].sum())
@@ -742,6 +826,7 @@ def make_record(t: Trainer, batch: StepBatch, stats: dict, plan: StepPlan, pool:
         "loss": sum(sums.values()),
         "grad_norm": stats["grad_norm"],
         "skipped": stats["skipped"],
+        **({"clip_frac": stats["clip_frac"]} if "clip_frac" in stats else {}),  # optim.mini_batches > 1
         "response_len": sum(n for n, d in zip(lengths, is_demo) if not d) / max(n_roll, 1),
         "gen_tokens": gen_tokens,
         "demo_len": (sum(n for n, d in zip(lengths, is_demo) if d) / int(is_demo_N.sum())

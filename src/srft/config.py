@@ -189,6 +189,10 @@ class ObjectiveConfig:
                                 range='[0, inf)')
     relift_buffer: int = _f(0, "ReLIFT: demonstrations of prompts whose rollouts all failed are buffered; when this "
                                "many are, the next step is an SFT step on them instead of an RL step; 0 = off.", range='[0, inf)')
+    relift_mode: Literal["replace", "after"] = _f(
+        "replace", "ReLIFT: replace (the SFT step on the buffer takes the place of the next RL step: equal optimiser "
+        "steps) or after (as the paper: the SFT step follows the RL step that filled the buffer, with an optimiser "
+        "of its own at optim.lr, constant, saved in checkpoints; a token-mean cross-entropy).")
     mix: Literal["add", "chord"] = _f(
         "add", "How the SFT term and the RL terms combine: add (each with its own coefficient) or chord: "
         "(1-mu) * (every other term) + mu * (SFT term), mu following the mu_* schedule over training steps.")

@@ -551,8 +551,8 @@ PRESET_NOTES: dict[str, list[tuple]] = {
         ("objective.kl_coef", 0.1, "-", 0.1, "the official code's default kl_weight"),
     ],
     "relift": [("objective.relift_buffer", 16, "-", "-",
-                "one step's worth of prompts; an SFT step replaces an RL step (equal optimiser steps); the "
-                "paper adds it after the RL step with its own optimiser")],
+                "one step's worth of prompts; the SFT step follows the RL step with its own optimiser at "
+                "optim.lr, no schedule (srft's choice)")],
     "sasr": [("objective.sasr_warmup_steps", 0.1, "-", "-",
               "SFT warm-up of a tenth of run.steps, then SFT with probability g/(g+g0): srft's reading")],
     "sft-then-grpo": [("objective.sft_stage_steps", 0.3333, "-", "-",

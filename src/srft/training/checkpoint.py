@@ -87,7 +87,7 @@ def _full_states(model, optimizer, dist: Dist) -> tuple[dict, dict]:
 
 
 def save_checkpoint(run_dir: Path, model, tokenizer, optimizer, scheduler, step: int, extra: dict,
-                    config: dict | None = None, keep: int = 2, dist: Dist = SINGLE) -> Path:
+                    config: dict | None = None, keep: int = 2, dist: Dist = SINGLE, sft_optimizer=None) -> Path:
     """Save a complete checkpoint of ``step``; return its directory.
 
     ``config`` (the run's config as a dict) is stored with its hash, so that a resume can
@@ -99,6 +99,8 @@ def save_checkpoint(run_dir: Path, model, tokenizer, optimizer, scheduler, step:
         raise CheckpointError(f"not saving a checkpoint at step {step}: {len(bad)} parameters are not finite "
                               f"(first: {bad[0]}); the last good checkpoint is kept")
     weights, optim_state = _full_states(model, optimizer, dist)
+    if sft_optimizer is not None:  # ReLIFT's own SFT optimiser (objective.relift_mode=after)
+        extra = {**extra, "sft_optimizer": _full_states(model, sft_optimizer, dist)[1]}
     final = Path(run_dir) / CHECKPOINTS / step_dir_name(step)
     if dist.main:
         _write_checkpoint(Path(run_dir), final, weights, optim_state, tokenizer, scheduler, step, extra, config,

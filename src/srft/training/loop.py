@@ -39,8 +39,10 @@ Departures from the paper (the objective's own are in ``srft.objective.losses``)
 - Rollouts that hit ``max_response_tokens`` without EOS are scored as they are
   (usually wrong) and trained on like any other rollout.
 - The learning-rate schedule has a short linear warm-up (``optim.warmup_steps``).
-- ReLIFT (``objective.relift_buffer``): an SFT step on the buffer replaces an RL step
-  (equal optimiser steps), and its prompts are the buffered ones, not the next slice.
+- ReLIFT (``objective.relift_buffer``): with ``relift_mode=replace`` an SFT step on the
+  buffer replaces an RL step (equal optimiser steps), and its prompts are the buffered
+  ones, not the next slice; with ``after`` (the paper's) it follows the RL step that
+  filled the buffer, with its own optimiser and no learning-rate schedule.
 - Two-stage runs (``objective.sft_stage_steps``) keep one optimiser and schedule across
   both stages, and generate (and log) rollouts during the SFT stage as well, so that
   every step of every method costs a generation pass.
@@ -97,6 +99,7 @@ from srft.objective import (
 )
 from srft.rollout.engine import build_engine, generate_with_logprobs
 from srft.tasks import make_task
+from srft.scoring import Score
 from srft.tasks.base import verify_all  # a module global: tests patch it
 from srft.training.batching import pad_batch, response_logits, response_logprobs
 from srft.training.checkpoint import (
@@ -111,10 +114,12 @@ from srft.training.checkpoint import (
 from srft.training.data import Example, encode_rows
 from srft.training.methods import (
     DemoPool,
+    Relift,
     StepPlan,
     build_step_methods,
     load_methods_state,
     methods_state,
+    sft_objective,
 )
 from srft.training.metrics import MetricsLog, timed
 from srft.training.resume import check_resume_changes, fixed_part
@@ -195,6 +200,7 @@ class Trainer:
     scheduler: object
     device: torch.device
     dist: Dist = SINGLE  # this process among the ranks (torchrun); SINGLE in one process
+    sft_optimizer: torch.optim.Optimizer | None = None  # ReLIFT's own (objective.relift_mode=after)
     tracker: object = None  # run.report_to (srft.training.tracking), made when the run directory is known
 
 
@@ -260,10 +266,14 @@ def _train(cfg: Config, run_dir: Path | None, resume: bool, dist: Dist) -> Path:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                   weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    sft_optimizer = None
+    if cfg.objective.relift_buffer and cfg.objective.relift_mode == "after":
+        sft_optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                                          weight_decay=cfg.optim.weight_decay)
     engine = build_engine(cfg, model, tokenizer, model_path, engine_model=engine_model, distributed=dist.enabled)
     # the phases see step schedules in whole steps; the run directory keeps the config as given
     t = Trainer(with_step_counts(cfg), model, ref_model, engine, tokenizer, task, train_set, optimizer, scheduler,
-                device, dist)
+                device, dist, sft_optimizer=sft_optimizer)
     try:
         return run(t, cfg, tests, run_dir, model_path, resume, say)
     finally:
@@ -289,7 +299,7 @@ def run(t: Trainer, cfg: Config, tests: dict, run_dir: Path, model_path: Path, r
 
     def save(step: int) -> None:  # a collective under torchrun
         save_checkpoint(run_dir, model, tokenizer, optimizer, scheduler, step, methods_state(methods),
-                        config=cfg.to_dict(), keep=cfg.run.keep_checkpoints, dist=dist)
+                        config=cfg.to_dict(), keep=cfg.run.keep_checkpoints, dist=dist, sft_optimizer=t.sft_optimizer)
 
     def evaluate(step: int) -> dict | None:
         """Rank 0 evaluates with its own engine (full weights); the others wait."""
@@ -348,6 +358,7 @@ def run(t: Trainer, cfg: Config, tests: dict, run_dir: Path, model_path: Path, r
             record = train_step(t, plan, pool)
             for m in methods:
                 m.observe(record)
+            record.update(relift_after(t, methods, step))
             record.pop("all_wrong_prompts")
             record.setdefault("relift_buffer", None)
             record.setdefault("relift_sft_step", False)
@@ -448,6 +459,9 @@ def restore(t: Trainer, cfg: Config, methods: list, run_dir: Path) -> int:
         group["initial_lr"] = cfg.optim.lr
         group["lr"] = cfg.optim.lr * factor(t.scheduler.last_epoch)
     set_rng_state(state["rng"])
+    if t.sft_optimizer is not None and "sft_optimizer" in state["extra"]:
+        load_optimizer_state(t.model, t.sft_optimizer, {"optimizer": state["extra"]["sft_optimizer"],
+                                                        "optimizer_by_name": state.get("optimizer_by_name")}, t.dist)
     load_methods_state(methods, state["extra"])
     return state["step"]
 
@@ -501,6 +515,34 @@ def train_step(t: Trainer, plan: StepPlan, pool: DemoPool) -> dict:
     # the record is of the whole step: every rank's share of the batch, figures summed over ranks
     whole = StepBatch.concat(t.dist.gather(batch)) if t.dist.enabled else batch
     return make_record(t, whole, stats, plan, pool, times, time.perf_counter() - t_start)
+
+
+class _NoSchedule:
+    def step(self) -> None:
+        pass
+
+
+def relift_after(t: Trainer, methods: list, step: int) -> dict:
+    """ReLIFT with relift_mode=after: once the buffer is full, an SFT step on its demonstrations
+    follows the step's RL update, with ReLIFT's own optimiser (no schedule). Returns its figures."""
+    relift = next((m for m in methods if isinstance(m, Relift)), None)
+    if relift is None or relift.mode != "after":
+        return {}
+    idx = relift.take_after()
+    if idx is None:
+        return {"relift_sft_loss": None, "relift_sft_grad_norm": None, "relift_sft_skipped": None}
+    if t.dist.enabled:  # this rank's share of the buffered prompts
+        idx = t.dist.share(idx)
+    batch = StepBatch(idx=idx, n_plain=0, n_prefixed=0)
+    for g, e in enumerate(t.train_set[i] for i in idx):
+        batch.add(e.prompt_ids, e.demo_ids, g, e.answer, is_demo=True)
+    batch.finish([Score(reward=1.0, extracted=None, format_ok=True, correct=True)] * len(idx), "mean", 0.0)
+    plan = StepPlan(step, dataclasses.replace(sft_objective(t.cfg.objective), loss_agg="token-mean"))
+    cfg = dataclasses.replace(t.cfg, optim=dataclasses.replace(t.cfg.optim, mini_batches=1))
+    stats = update(dataclasses.replace(t, cfg=cfg, optimizer=t.sft_optimizer, scheduler=_NoSchedule()), batch, plan,
+                   times={})
+    return {"relift_sft_step": True, "relift_buffer": len(relift.buffer), "relift_sft_loss": stats["loss_sft"],
+            "relift_sft_grad_norm": stats["grad_norm"], "relift_sft_skipped": stats["skipped"]}
 
 
 def step_prompts(t: Trainer, step: int) -> list[Example]:

@@ -270,3 +270,52 @@ def test_mini_batch_ids_cut_the_groups_by_global_position():
         enabled, rank, world = True, 1, 2
 
     assert mini_batch_ids(b, 2, Rank1()) == [[], [0, 1, 2, 3, 4]]
+
+
+# --------------------------------------------------------------------------- ReLIFT after the RL step
+
+
+def test_relift_after_takes_a_full_buffer_and_leaves_the_plan_alone():
+    from srft.training.methods import Relift, StepPlan
+
+    obj = load_config("relift").objective
+    relift = Relift(size=2, mode="after")
+    plan = StepPlan(0, obj)
+    relift.plan(plan)
+    assert plan.objective is obj and plan.idx is None  # the RL step stays an RL step
+    assert relift.take_after() is None
+    relift.observe(record := {"all_wrong_prompts": [4, 5, 6]})
+    assert relift.take_after() == [4, 5] and relift.buffer == [6] and record["relift_sft_step"] is False
+
+
+def test_relift_after_runs_an_sft_step_with_its_own_optimiser_and_resumes(tiny_model_dir, tmp_path):
+    # the tiny model never answers right: every group is all-wrong, so 2 prompts fill a buffer of 2 each step
+    extra = ("objective.relift_buffer=2", "run.steps=4")
+    straight = _tiny_run("relift", tiny_model_dir, tmp_path / "a", *extra)
+    assert all(r["relift_sft_step"] and r["relift_sft_loss"] > 0 for r in straight)
+    assert all(r["relift_buffer"] == 0 for r in straight)
+    # stopped after the checkpoint at step 2, then resumed: the SFT optimiser's state comes back
+    import json
+
+    from srft.training.loop import train
+
+    cfg = load_config("relift", None, [
+        f"model.path={tiny_model_dir}", "run.eval_every=0", "run.save_every=2", "run.eval_k=2", "run.progress=false",
+        "run.plots=false", "rollout.prompts_per_step=2", "rollout.n=3", "data.train_size=20", "data.test_size=4",
+        "data.max_response_tokens=24", "data.too_long=truncate", "optim.micro_batch=4", "model.threads=1",
+        f"run.out_dir={tmp_path}/b", *extra])
+    before = torch.get_num_threads()
+    try:
+        cfg.run.steps = 2
+        run_dir = train(cfg)
+        ckpt = torch.load(sorted((run_dir / "checkpoints").glob("step*"))[-1] / "trainer.pt", weights_only=False)
+        assert ckpt["extra"]["sft_optimizer"]["state"]  # Adam moments of the SFT optimiser
+        cfg.run.steps = 4
+        train(cfg, run_dir=run_dir, resume=True)
+    finally:
+        torch.set_num_threads(before)
+    resumed = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in resumed] == [0, 1, 2, 3]
+    for ra, rb in zip(straight, resumed):
+        for key in ("loss", "grad_norm", "relift_sft_loss", "relift_sft_grad_norm"):
+            assert ra[key] == pytest.approx(rb[key], rel=1e-4, abs=1e-6), (ra["step"], key)

@@ -205,7 +205,8 @@ class ObjectiveConfig:
     entropy_granularity: Literal["token", "sequence", "batch"] = _f(
         "sequence", "Entropy H used in the weights: per token, per sequence mean, or batch mean.")
     entropy_coef: float = _f(0.001, "Entropy bonus coefficient (loss -= coef * entropy).", range='(-inf, inf)')
-    kl_coef: float = _f(0.0, "KL penalty to the frozen initial model (see kl_estimator, kl_direction, kl_tokens); 0 = no reference model.", range='[0, inf)')
+    kl_coef: float = _f(0.0, "KL penalty to the frozen initial model (see kl_estimator, kl_direction, kl_tokens); "
+                             "0 = no reference model.", range='[0, inf)')
     kl_estimator: Literal["k3", "full"] = _f(
         "k3", "KL estimate: k3 at the sequence's own tokens (cheap; unbiased only on own samples), or the exact "
         "KL over the whole vocabulary at each position (needs [B, T, V] log-probs of both models).")

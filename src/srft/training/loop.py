@@ -98,8 +98,8 @@ from srft.objective import (
     token_losses,
 )
 from srft.rollout.engine import build_engine, generate_with_logprobs
-from srft.tasks import make_task
 from srft.scoring import Score
+from srft.tasks import make_task
 from srft.tasks.base import verify_all  # a module global: tests patch it
 from srft.training.batching import pad_batch, response_logits, response_logprobs
 from srft.training.checkpoint import (

@@ -128,6 +128,8 @@ def weights_of_dir(path: Path) -> dict[str, torch.Tensor]:
     ("srft", []),
     ("grpo", []),
     ("relift", ["objective.relift_buffer=2"]),  # small, so that an SFT step comes within 3 steps
+    ("chord", []),  # each term a mean over its own kind's tokens: global per-kind counts
+    ("dapo", ["optim.mini_batches=2"]),  # two updates a step, the mini-batches the same on any number of ranks
 ])
 def test_three_steps_two_ranks_equal_one_rank(tmp_path, cache, preset, extra):
     run_srft(1, _common(tmp_path / "one", cache, 3, extra, preset))

@@ -42,7 +42,8 @@ def test_builtin_suites_load_and_their_runs_validate():
     assert {"quick", "entropy", "bootstrap"} <= set(list_suites())
     quick = load_suite("quick")
     assert [m.name for m in quick.methods] == [
-        "sft", "dft", "asft", "grpo", "sft-then-grpo", "luffy", "chord", "relift", "prefix-rft", "sasr", "srft",
+        "sft", "dft", "asft", "grpo", "dr-grpo", "dapo", "sft-then-grpo", "luffy", "chord", "relift", "prefix-rft", "sasr",
+        "srft",
         "srft-no-wsft", "srft-no-wrl"]
     assert quick.seeds == [0, 1, 2] and list(quick.regimes) == ["strong", "weak"]
     assert [m.name for m in load_suite("entropy").methods] == [

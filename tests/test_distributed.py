@@ -85,7 +85,9 @@ def assert_same_records(a: list[dict], b: list[dict]) -> None:
             if key in EXACT or not isinstance(va, float) or vb is None:
                 assert va == vb, f"step {ra['step']}: {key} {va} vs {vb}"
             else:
-                assert vb == pytest.approx(va, rel=RTOL, abs=1e-9), f"step {ra['step']}: {key} {va} vs {vb}"
+                # abs: a term that is 0 in exact arithmetic (the ratio-1 GRPO loss, -mean A) is a float32 sum of
+                # terms of size ~1 whose rounding depends on the summation order (~1e-8)
+                assert vb == pytest.approx(va, rel=RTOL, abs=1e-7), f"step {ra['step']}: {key} {va} vs {vb}"
 
 
 def assert_same_weights(a: Path, b: Path) -> None:
@@ -145,6 +147,8 @@ def weights_of_dir(path: Path) -> dict[str, torch.Tensor]:
     ("srft", []),
     ("grpo", []),
     ("relift", ["objective.relift_buffer=2"]),  # small, so that an SFT step comes within 3 steps
+    ("chord", []),  # each term a mean over its own kind's tokens: global per-kind counts
+    ("dapo", ["optim.mini_batches=2"]),  # two updates a step, the mini-batches the same on any number of ranks
 ])
 def test_three_steps_two_ranks_equal_one_rank(tmp_path, cache, preset, extra):
     run_srft(1, _common(tmp_path / "one", cache, 3, extra, preset))

@@ -249,6 +249,8 @@ ACTIVE = {
     "srft-no-wsft": {"sft", "offpolicy", "pos", "neg", "entropy_bonus"},
     "srft-no-wrl": {"sft", "offpolicy", "pos", "neg", "entropy_bonus"},
     "grpo": {"grpo", "entropy_bonus"},
+    "dr-grpo": {"grpo", "entropy_bonus"},
+    "dapo": {"grpo"},  # no entropy bonus
     "sft": {"sft"},
     "dft": {"sft"},
     "luffy": {"offpolicy", "grpo", "entropy_bonus"},
@@ -356,6 +358,7 @@ def test_relift_interleaves_sft_steps_on_failed_prompts(tiny_model_dir, tmp_path
     # the tiny random model fails every prompt: each RL step fills the buffer (2 prompts),
     # so every other step is an SFT step on the demonstrations of the prompts just failed
     cfg = _tiny_run_config("relift", tiny_model_dir, tmp_path, one_thread, "objective.relift_buffer=2",
+                           "objective.relift_mode=replace",
                            "run.steps=4")
     records = [json.loads(line) for line in (train(cfg) / "metrics.jsonl").read_text().splitlines()]
     assert [r["relift_sft_step"] for r in records] == [False, True, False, True]

@@ -185,7 +185,9 @@ def test_metrics_truncation_goes_through_a_temporary_file(tmp_path, monkeypatch)
 # --------------------------------------------------------------------------- divergence
 def _nan_at(monkeypatch, steps):
     """Make the loss of the given steps NaN, as a bad batch or an overflow would."""
-    real = loop_mod.agg_loss
+    from srft.objective import combine  # the loop reduces its terms with combine.reduce_terms
+
+    real = combine.agg_loss
     current = {"step": None}
     real_step = loop_mod.train_step
 
@@ -198,7 +200,7 @@ def _nan_at(monkeypatch, steps):
         return out * float("nan") if current["step"] in steps else out
 
     monkeypatch.setattr(loop_mod, "train_step", step_spy)
-    monkeypatch.setattr(loop_mod, "agg_loss", agg)
+    monkeypatch.setattr(combine, "agg_loss", agg)
 
 
 def test_a_nan_step_is_skipped_and_the_run_goes_on(tiny_model_dir, tmp_path, monkeypatch):

@@ -158,6 +158,10 @@ class ObjectiveConfig:
     demonstrations: bool = _f(True, "Add each prompt's demonstration to its rollout group (off for GRPO).")
     adv_norm: Literal["std", "mean"] = _f("std", "Group advantage: (r-mean)/(std+eps) or r-mean.")
     adv_eps: float = _f(1e-6, "Epsilon in the advantage's denominator.", range='[0, inf)')
+    adv_group: Literal["all", "rollouts"] = _f(
+        "all", "Which sequences make a prompt's advantage group: all (rollouts and the demonstration) or rollouts "
+        "(the demonstration stays out of the mean and std and gets advantage 0, as in CHORD: an all-wrong group "
+        "then gets no negative signal from a correct demonstration).")
     sft_coef: float = _f(0.5, "c_sft in w_SFT = c_sft * sg(exp(-H)) on demonstration tokens; 0 disables the SFT term.", range='[0, inf)')
     sft_weight: Literal["exp", "constant", "prob", "phi", "linear", "cosine", "target"] = _f(
         "exp", "w_SFT per token: c_sft * sg(exp(-H)) (exp, the paper), c_sft (constant), c_sft * sg(pi) (prob, DFT), "
@@ -191,6 +195,10 @@ class ObjectiveConfig:
                                 range='[0, inf)')
     relift_buffer: int = _f(0, "ReLIFT: demonstrations of prompts whose rollouts all failed are buffered; when this "
                                "many are, the next step is an SFT step on them instead of an RL step; 0 = off.", range='[0, inf)')
+    relift_mode: Literal["replace", "after"] = _f(
+        "replace", "ReLIFT: replace (the SFT step on the buffer takes the place of the next RL step: equal optimiser "
+        "steps) or after (as the paper: the SFT step follows the RL step that filled the buffer, with an optimiser "
+        "of its own at optim.lr, constant, saved in checkpoints; a token-mean cross-entropy).")
     mix: Literal["add", "chord"] = _f(
         "add", "How the SFT term and the RL terms combine: add (each with its own coefficient) or chord: "
         "(1-mu) * (every other term) + mu * (SFT term), mu following the mu_* schedule over training steps.")
@@ -226,10 +234,14 @@ class ObjectiveConfig:
         "the factor moves the way that closes the gap; it holds still until the fit has a sign).")
     controller_probe: float = _f(0.1, "controller_sign=measured: amplitude of the dither on each log factor.", range='(0, inf)')
     controller_window: int = _f(8, "controller_sign=measured: steps of history in the fit.", range='[3, inf)')
-    kl_coef: float = _f(0.0, "KL penalty to the frozen initial model (k3 estimator); 0 = no reference model.", range='[0, inf)')
+    kl_coef: float = _f(0.0, "KL penalty to the frozen initial model (see kl_estimator, kl_direction, kl_tokens); "
+                             "0 = no reference model.", range='[0, inf)')
     kl_estimator: Literal["k3", "full"] = _f(
         "k3", "KL estimate: k3 at the sequence's own tokens (cheap; unbiased only on own samples), or the exact "
         "KL over the whole vocabulary at each position (needs [B, T, V] log-probs of both models).")
+    kl_direction: Literal["pi-ref", "ref-pi"] = _f(
+        "pi-ref", "Which KL: KL(pi || ref) (pi-ref, the RL penalty) or KL(ref || pi) (ref-pi, ASFT's anchor: "
+        "sum_v ref(v) (log ref(v) - log pi(v)); needs kl_estimator=full).")
     kl_tokens: Literal["rollouts", "demos", "all"] = _f(
         "rollouts", "Where the KL penalty applies: own rollout tokens (RL), demonstration tokens (ASFT) or both.")
     demo_source: Literal["expert", "self", "mixed", "rejection", "rationalised"] = _f(
@@ -259,6 +271,10 @@ class ObjectiveConfig:
                              "log-probs are then the engine's.", range='[0, inf)')
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "token-sum-norm"] = _f(
         "token-sum-norm", "How per-token losses are reduced to a scalar.")
+    term_norm: Literal["shared", "own"] = _f(
+        "shared", "The counts loss_agg divides by: shared (every term by the step's counts of all sequences) or own "
+        "(each term by the counts of the sequences it applies to: the SFT and off-policy terms by the "
+        "demonstrations', the rollout terms by the rollouts', the KL by kl_tokens'; CHORD's separate means).")
 
 
 @dataclass
@@ -270,6 +286,10 @@ class OptimConfig:
     warmup_steps: int = _f(10, "Linear learning-rate warm-up steps.", range='[0, inf)')
     schedule: Literal["constant", "cosine"] = _f("constant", "Learning-rate schedule after warm-up.")
     micro_batch: int = _f(64, "Sequences per forward/backward pass (gradient accumulation over the step).", range='(0, inf)')
+    mini_batches: int = _f(1, "Optimiser updates per rollout batch: the step's groups split into this many "
+                              "mini-batches, one update each, the GRPO ratio's old log-probs the rollout-time ones "
+                              "(from the second update on the ratio leaves 1 and clipping can bind); 1 = one update.",
+                           range='(0, inf)')
     max_bad_steps: int = _f(3, "Divergence guard: a step whose loss or gradient norm is not finite is skipped "
                                "(no update); after this many such steps in a row the run stops, keeping its "
                                "last good checkpoint.", range='(0, inf)')
@@ -495,6 +515,12 @@ def validate(cfg: Config) -> None:
     if o.cov_method != "none" and o.self_rollout == "none":
         raise ConfigError(f"objective.cov_method={o.cov_method} acts on the own-rollout term, but self_rollout=none; "
                           f"set self_rollout=grpo or srft, or cov_method=none")
+    if cfg.optim.mini_batches > cfg.rollout.prompts_per_step:
+        raise ConfigError(f"optim.mini_batches={cfg.optim.mini_batches} exceeds rollout.prompts_per_step="
+                          f"{cfg.rollout.prompts_per_step}: each mini-batch needs a group; lower optim.mini_batches")
+    if o.kl_direction == "ref-pi" and o.kl_estimator != "full":
+        raise ConfigError("objective.kl_direction=ref-pi needs objective.kl_estimator=full (k3 estimates KL(pi || ref) "
+                          "from the policy's own samples only)")
     betas = cfg.optim.betas
     if (len(betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in betas)
             or not all(0 <= b < 1 for b in betas)):

@@ -514,8 +514,8 @@ _SRFT = [
 ]
 _ONE_UPDATE = ("[updates per rollout batch]", 1, "-", 1,
                "the GRPO ratio's old log-probs are the current ones: the ratio is 1 and clipping never binds")
-_CHORD_GROUP = ("[advantage group]", "G rollouts + the demonstration", "G rollouts", "-",
-                "a correct demonstration gives all-wrong groups a negative advantage instead of none")
+_CHORD_ENTROPY = ("objective.entropy_coef", 0.001, "-", "-",
+                  "the default entropy bonus on rollout tokens, inside the (1 - mu) share (srft's choice)")
 _SFT_NORM = ("objective.loss_agg", "token-sum-norm", "-", "-",
              "the normaliser counts the generated rollouts too: the SFT gradient is about 1/(G+1) of a "
              "demonstrations-only trainer's; raise optim.lr to compensate")
@@ -524,6 +524,12 @@ PRESET_NOTES: dict[str, list[tuple]] = {
     "srft-no-wrl": _SRFT + [_ONE_UPDATE],
     "srft-no-wsft": [e for e in _SRFT if e[0] != "objective.sft_weight"] + [_ONE_UPDATE],
     "grpo": [_ONE_UPDATE],
+    "dr-grpo": [_ONE_UPDATE],
+    "dapo": [
+        ("[dynamic sampling]", "off", "on", "on", "groups with all-equal rewards are not replaced by new ones"),
+        ("[overlong reward shaping]", "off", "on", "on", "rollouts cut at max_response_tokens are not penalised"),
+        _ONE_UPDATE,
+    ],
     "luffy": [
         ("[group]", "G rollouts + the demonstration", "G-1 rollouts + the demonstration", "-",
          "one more on-policy sample per group than LUFFY"),
@@ -531,20 +537,22 @@ PRESET_NOTES: dict[str, list[tuple]] = {
         _ONE_UPDATE,
     ],
     "chord": [
-        _CHORD_GROUP,
+        _CHORD_ENTROPY,
+        _ONE_UPDATE,
         ("objective.mu_peak", 0.9, "-", "-", "mu 0.9 -> 0.05 (warm-up 1/30, cosine decay 2/3 of run.steps): "
                                              "srft's numbers"),
     ],
-    "chord-phi": [_CHORD_GROUP, ("objective.mu_peak", 0.1, "-", "-", "mu = 0.1 constant: srft's number")],
+    "chord-phi": [_CHORD_ENTROPY, _ONE_UPDATE, ("objective.mu_peak", 0.1, "-", "-", "mu = 0.1 constant: srft's number")],
     "sft": [_SFT_NORM],
     "dft": [_SFT_NORM],
     "asft": [
-        ("objective.kl_estimator", "full", "-", "-",
-         "exact KL over the vocabulary at demonstration positions (k3 there made ASFT collapse here)"),
-        ("objective.kl_coef", 0.05, "-", "-", "srft's choice"),
+        ("objective.kl_direction", "ref-pi", "-", "ref-pi",
+         "KL(initial || pi), exact over the vocabulary at demonstration positions, as the official code"),
+        ("objective.kl_coef", 0.1, "-", 0.1, "the official code's default kl_weight"),
     ],
     "relift": [("objective.relift_buffer", 16, "-", "-",
-                "one step's worth of prompts; an SFT step replaces an RL step (equal optimiser steps)")],
+                "one step's worth of prompts; the SFT step follows the RL step with its own optimiser at "
+                "optim.lr, no schedule (srft's choice)")],
     "sasr": [("objective.sasr_warmup_steps", 0.1, "-", "-",
               "SFT warm-up of a tenth of run.steps, then SFT with probability g/(g+g0): srft's reading")],
     "sft-then-grpo": [("objective.sft_stage_steps", 0.3333, "-", "-",

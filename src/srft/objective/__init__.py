@@ -1,6 +1,6 @@
 """The training objective: per-token loss terms (``losses``) combined for a batch (``combine``)."""
 
-from srft.objective.combine import TERMS, token_losses
+from srft.objective.combine import TERMS, reduce_terms, token_losses
 from srft.objective.losses import (
     agg_loss,
     chord_mu,
@@ -25,7 +25,8 @@ from srft.objective.losses import (
 )
 
 __all__ = [
-    "TERMS", "token_losses", "agg_loss", "chord_mu", "entropy_for_weights", "group_advantages", "grpo_loss", "kl_full", "kl_k3",
+    "TERMS", "token_losses", "reduce_terms",
+    "agg_loss", "chord_mu", "entropy_for_weights", "group_advantages", "grpo_loss", "kl_full", "kl_k3",
     "offpolicy_loss", "phi_weight", "prob_weight", "rl_weight", "self_rollout_loss", "sft_loss", "sft_weight", "token_logprobs_and_entropy",
     "controller_update", "prefix_keep_mask", "weight_factor", "old_logprobs", "tis_weight",
 ]

@@ -21,6 +21,7 @@ import torch
 from srft.config import ObjectiveConfig
 from srft.objective.cov import clip_cov_mask, detach_where, kl_cov_loss, kl_cov_mask, token_covariance
 from srft.objective.losses import (
+    agg_loss,
     chord_mu,
     entropy_for_weights,
     grpo_loss,
@@ -134,3 +135,31 @@ def token_losses(
     if rl_share != 1.0:
         terms = {name: t if name == "sft" else rl_share * t for name, t in terms.items()}
     return terms, {"w_sft": w_sft_BT, "w_rl": w_rl_BT}
+
+
+# The sequences each term applies to (the KL: objective.kl_tokens), for term_norm=own.
+TERM_KIND = {"sft": "demos", "offpolicy": "demos", "pos": "rollouts", "neg": "rollouts", "grpo": "rollouts",
+             "entropy_bonus": "rollouts"}
+
+
+def reduce_terms(cfg: ObjectiveConfig, terms: dict[str, torch.Tensor], mask_BT: torch.Tensor,
+                 is_demo_B: torch.Tensor, counts: dict[str, dict]) -> dict[str, torch.Tensor]:
+    """Reduce each [B, T] term to a scalar with ``agg_loss(cfg.loss_agg)``.
+
+    ``counts`` maps 'all', 'demos', 'rollouts' to the step's agg_loss counts (num_tokens,
+    num_seqs, max_len) of those sequences. term_norm=shared: every term over all sequences
+    (the terms add up to one reduction of their sum); own: each term over the sequences it
+    applies to (CHORD: the SFT term a mean over demonstration tokens, the GRPO term a mean
+    over rollout tokens, then mixed by mu).
+    """
+    if cfg.term_norm == "shared":
+        return {n: agg_loss(v, mask_BT, cfg.loss_agg, **counts["all"]) for n, v in terms.items()}
+    if cfg.term_norm != "own":
+        raise ValueError(f"term_norm must be shared or own, got {cfg.term_norm!r}")
+    demo_BT = is_demo_B.unsqueeze(-1).to(mask_BT.dtype) * mask_BT
+    masks = {"demos": demo_BT, "rollouts": mask_BT - demo_BT, "all": mask_BT}
+    out = {}
+    for name, v in terms.items():
+        kind = TERM_KIND.get(name, cfg.kl_tokens)
+        out[name] = agg_loss(v, masks[kind], cfg.loss_agg, **counts[kind])
+    return out

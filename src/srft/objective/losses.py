@@ -326,17 +326,28 @@ def grpo_loss(logp_BT: torch.Tensor, old_logp_BT: torch.Tensor, adv_B: torch.Ten
     return loss_BT, (clipped_BT > unclipped_BT).float()
 
 
-def kl_full(logp_BTV: torch.Tensor, ref_logp_BTV: torch.Tensor) -> torch.Tensor:
-    """KL(pi || ref) over the whole vocabulary at each position: sum_v pi(v) (log pi(v) - log ref(v)). [B, T].
+def kl_full(logp_BTV: torch.Tensor, ref_logp_BTV: torch.Tensor, direction: str = "pi-ref") -> torch.Tensor:
+    """The KL between pi and ref over the whole vocabulary at each position. [B, T].
 
+    pi-ref: KL(pi || ref) = sum_v pi(v) (log pi(v) - log ref(v)), the RL penalty;
+    ref-pi: KL(ref || pi) = sum_v ref(v) (log ref(v) - log pi(v)), ASFT's anchor (its code's
+            ``F.kl_div(log_softmax(policy), softmax(ref))``); its gradient is
+            -sum_v ref(v) grad log pi(v), a cross-entropy towards the reference.
     Exact, and zero only where the two distributions agree; costs the full [B, T, V]
     log-probs of both models (the k3 estimate needs only the sampled tokens').
     """
-    return (logp_BTV.exp() * (logp_BTV - ref_logp_BTV.detach())).sum(-1)
+    ref_BTV = ref_logp_BTV.detach()
+    if direction == "pi-ref":
+        return (logp_BTV.exp() * (logp_BTV - ref_BTV)).sum(-1)
+    if direction == "ref-pi":
+        return (ref_BTV.exp() * (ref_BTV - logp_BTV)).sum(-1)
+    raise ValueError(f"kl direction must be pi-ref or ref-pi, got {direction!r}")
 
 
 def kl_k3(logp_BT: torch.Tensor, ref_logp_BT: torch.Tensor) -> torch.Tensor:
-    """k3 estimator of KL(pi || ref) per token: exp(ref - logp) - (ref - logp) - 1 >= 0. [B, T]."""
+    """k3 estimator of KL(pi || ref) per token: exp(ref - logp) - (ref - logp) - 1 >= 0. [B, T].
+
+    Its mean is KL(pi || ref) only over tokens sampled from pi (own rollouts), not on demonstrations."""
     delta_BT = ref_logp_BT.detach() - logp_BT
     return delta_BT.exp() - delta_BT - 1
 

@@ -104,7 +104,8 @@ def use_shards(checkpoint_format: str, dist: Dist) -> bool:
 
 
 def save_checkpoint(run_dir: Path, model, tokenizer, optimizer, scheduler, step: int, extra: dict,
-                    config: dict | None = None, keep: int = 2, dist: Dist = SINGLE, sharded: bool = False) -> Path:
+                    config: dict | None = None, keep: int = 2, dist: Dist = SINGLE, sharded: bool = False,
+                    sft_optimizer=None) -> Path:
     """Save a complete checkpoint of ``step``; return its directory.
 
     ``config`` (the run's config as a dict) is stored with its hash, so that a resume can
@@ -116,6 +117,8 @@ def save_checkpoint(run_dir: Path, model, tokenizer, optimizer, scheduler, step:
     if bad:
         raise CheckpointError(f"not saving a checkpoint at step {step}: {len(bad)} parameters are not finite "
                               f"(first: {bad[0]}); the last good checkpoint is kept")
+    if sft_optimizer is not None:  # ReLIFT's own SFT optimiser (objective.relift_mode=after), gathered whole
+        extra = {**extra, "sft_optimizer": _full_states(model, sft_optimizer, dist)[1]}
     root = Path(run_dir) / CHECKPOINTS
     final = root / step_dir_name(step)
     # (rank 0 decides, every rank follows: the save below is a collective)

@@ -11,9 +11,10 @@ Each step is planned, collected, updated and recorded:
   rollouts and demonstrations with the task's verifier (phase ``score``), and build each
   prompt's augmented group (rollouts + its demonstration) with its advantages: one
   ``StepBatch``;
-- ``update``: forward/backward in micro-batches, the per-token terms of ``srft.objective``
-  reduced with the step's global counts (phase ``forward_backward``), then clip the
-  gradient norm and step the optimiser and the schedule (phase ``optimizer``);
+- ``update``: for each of ``optim.mini_batches`` mini-batches of groups, forward/backward in
+  micro-batches, the per-token terms of ``srft.objective`` reduced with the mini-batch's
+  global counts (phase ``forward_backward``), then clip the gradient norm and step the
+  optimiser (phase ``optimizer``); the schedule steps once per step;
 - ``make_record``: the step's line of ``metrics.jsonl``, which the methods then observe.
 
 Periodic evaluation on the test splits, periodic checkpoints, and ``resume`` from the
@@ -26,17 +27,22 @@ good checkpoint kept (a non-finite model is never saved).
 
 Departures from the paper (the objective's own are in ``srft.objective.losses``):
 
-- One gradient step per batch of rollouts (no PPO epochs / mini-batches): the GRPO
-  ratio's "old" log-probs are the current ones detached, so the ratio is 1 in value
-  and clipping never binds; this matches the SRFT/LUFFY reference settings of one
-  update per rollout batch.
+- One optimiser update per batch of rollouts by default (``optim.mini_batches=1``): the
+  GRPO ratio's "old" log-probs are the current ones detached, so the ratio is 1 in value
+  and clipping never binds. The LUFFY/SRFT reference scripts instead run several updates
+  per rollout batch (LUFFY's run 2 mini-batches), where clipping acts; ``optim.mini_batches=N``
+  splits the step's groups into N mini-batches, one update each, with the rollout-time
+  log-probs as the old ones (the engine's, else a no-grad pass before the first update).
+  The learning-rate schedule moves once per step either way.
 - Demonstrations are scored by the verifier like rollouts; an expert demonstration
   that fails verification enters its group with reward 0 (counted in ``demo_reward``).
 - Rollouts that hit ``max_response_tokens`` without EOS are scored as they are
   (usually wrong) and trained on like any other rollout.
 - The learning-rate schedule has a short linear warm-up (``optim.warmup_steps``).
-- ReLIFT (``objective.relift_buffer``): an SFT step on the buffer replaces an RL step
-  (equal optimiser steps), and its prompts are the buffered ones, not the next slice.
+- ReLIFT (``objective.relift_buffer``): with ``relift_mode=replace`` an SFT step on the
+  buffer replaces an RL step (equal optimiser steps), and its prompts are the buffered
+  ones, not the next slice; with ``after`` (the paper's) it follows the RL step that
+  filled the buffer, with its own optimiser and no learning-rate schedule.
 - Two-stage runs (``objective.sft_stage_steps``) keep one optimiser and schedule across
   both stages, and generate (and log) rollouts during the SFT stage as well, so that
   every step of every method costs a generation pass.
@@ -81,8 +87,18 @@ from srft.config import Config, ConfigError, ObjectiveConfig, save_config, with_
 from srft.distributed import SINGLE, Dist, init_from_env, local_tensor, shutdown
 from srft.evaluation.sampling import evaluate_splits as evaluate_test_splits
 from srft.models.loading import DTYPES, check_context, load_model_and_tokenizer, save_model, wrap_model
-from srft.objective import TERMS, agg_loss, kl_full, token_logprobs_and_entropy, token_losses
+from srft.objective import (
+    TERMS,
+    agg_loss,
+    grpo_loss,
+    kl_full,
+    old_logprobs,
+    reduce_terms,
+    token_logprobs_and_entropy,
+    token_losses,
+)
 from srft.rollout.engine import build_engine, generate_with_logprobs
+from srft.scoring import Score
 from srft.tasks import make_task
 from srft.tasks.base import verify_all  # a module global: tests patch it
 from srft.training.batching import pad_batch, response_logits, response_logprobs
@@ -101,10 +117,12 @@ from srft.training.checkpoint import (
 from srft.training.data import Example, encode_rows
 from srft.training.methods import (
     DemoPool,
+    Relift,
     StepPlan,
     build_step_methods,
     load_methods_state,
     methods_state,
+    sft_objective,
 )
 from srft.training.metrics import MetricsLog, timed
 from srft.training.resume import check_resume_changes, fixed_part
@@ -185,6 +203,7 @@ class Trainer:
     scheduler: object
     device: torch.device
     dist: Dist = SINGLE  # this process among the ranks (torchrun); SINGLE in one process
+    sft_optimizer: torch.optim.Optimizer | None = None  # ReLIFT's own (objective.relift_mode=after)
     tracker: object = None  # run.report_to (srft.training.tracking), made when the run directory is known
 
 
@@ -253,10 +272,14 @@ def _train(cfg: Config, run_dir: Path | None, resume: bool, dist: Dist) -> Path:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                   weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    sft_optimizer = None
+    if cfg.objective.relift_buffer and cfg.objective.relift_mode == "after":
+        sft_optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                                          weight_decay=cfg.optim.weight_decay)
     engine = build_engine(cfg, model, tokenizer, model_path, engine_model=engine_model, distributed=dist.enabled)
     # the phases see step schedules in whole steps; the run directory keeps the config as given
     t = Trainer(with_step_counts(cfg), model, ref_model, engine, tokenizer, task, train_set, optimizer, scheduler,
-                device, dist)
+                device, dist, sft_optimizer=sft_optimizer)
     try:
         return run(t, cfg, tests, run_dir, model_path, resume, say)
     finally:
@@ -283,7 +306,7 @@ def run(t: Trainer, cfg: Config, tests: dict, run_dir: Path, model_path: Path, r
     def save(step: int) -> None:  # a collective under torchrun
         save_checkpoint(run_dir, model, tokenizer, optimizer, scheduler, step, methods_state(methods),
                         config=cfg.to_dict(), keep=cfg.run.keep_checkpoints, dist=dist,
-                        sharded=use_shards(cfg.run.checkpoint_format, dist))
+                        sharded=use_shards(cfg.run.checkpoint_format, dist), sft_optimizer=t.sft_optimizer)
 
     def evaluate(step: int) -> dict | None:
         """Rank 0 evaluates with its own engine (full weights); the others wait."""
@@ -344,6 +367,7 @@ def run(t: Trainer, cfg: Config, tests: dict, run_dir: Path, model_path: Path, r
             record = train_step(t, plan, pool)
             for m in methods:
                 m.observe(record)
+            record.update(relift_after(t, methods, step))
             record.pop("all_wrong_prompts")
             record.setdefault("relift_buffer", None)
             record.setdefault("relift_sft_step", False)
@@ -444,6 +468,9 @@ def restore(t: Trainer, cfg: Config, methods: list, run_dir: Path) -> int:
         group["initial_lr"] = cfg.optim.lr
         group["lr"] = cfg.optim.lr * factor(t.scheduler.last_epoch)
     set_rng_state(state["rng"])
+    if t.sft_optimizer is not None and "sft_optimizer" in state["extra"]:
+        load_optimizer_state(t.model, t.sft_optimizer, {"optimizer": state["extra"]["sft_optimizer"],
+                                                        "optimizer_by_name": state.get("optimizer_by_name")}, t.dist)
     load_methods_state(methods, state["extra"])
     return state["step"]
 
@@ -497,6 +524,34 @@ def train_step(t: Trainer, plan: StepPlan, pool: DemoPool) -> dict:
     # the record is of the whole step: every rank's share of the batch, figures summed over ranks
     whole = StepBatch.concat(t.dist.gather(batch)) if t.dist.enabled else batch
     return make_record(t, whole, stats, plan, pool, times, time.perf_counter() - t_start)
+
+
+class _NoSchedule:
+    def step(self) -> None:
+        pass
+
+
+def relift_after(t: Trainer, methods: list, step: int) -> dict:
+    """ReLIFT with relift_mode=after: once the buffer is full, an SFT step on its demonstrations
+    follows the step's RL update, with ReLIFT's own optimiser (no schedule). Returns its figures."""
+    relift = next((m for m in methods if isinstance(m, Relift)), None)
+    if relift is None or relift.mode != "after":
+        return {}
+    idx = relift.take_after()
+    if idx is None:
+        return {"relift_sft_loss": None, "relift_sft_grad_norm": None, "relift_sft_skipped": None}
+    if t.dist.enabled:  # this rank's share of the buffered prompts
+        idx = t.dist.share(idx)
+    batch = StepBatch(idx=idx, n_plain=0, n_prefixed=0)
+    for g, e in enumerate(t.train_set[i] for i in idx):
+        batch.add(e.prompt_ids, e.demo_ids, g, e.answer, is_demo=True)
+    batch.finish([Score(reward=1.0, extracted=None, format_ok=True, correct=True)] * len(idx), "mean", 0.0)
+    plan = StepPlan(step, dataclasses.replace(sft_objective(t.cfg.objective), loss_agg="token-mean"))
+    cfg = dataclasses.replace(t.cfg, optim=dataclasses.replace(t.cfg.optim, mini_batches=1))
+    stats = update(dataclasses.replace(t, cfg=cfg, optimizer=t.sft_optimizer, scheduler=_NoSchedule()), batch, plan,
+                   times={})
+    return {"relift_sft_step": True, "relift_buffer": len(relift.buffer), "relift_sft_loss": stats["loss_sft"],
+            "relift_sft_grad_norm": stats["grad_norm"], "relift_sft_skipped": stats["skipped"]}
 
 
 def step_prompts(t: Trainer, step: int) -> list[Example]:
@@ -553,7 +608,7 @@ def collect(t: Trainer, plan: StepPlan, pool: DemoPool, times: dict) -> StepBatc
                                  [examples[g].answer for g, _, _ in demos]) if demos else []
     for g, p_ids, d_ids in demos:
         batch.add(p_ids, d_ids, g, examples[g].answer, is_demo=True)
-    batch.finish(list(scores) + list(demo_scores), obj.adv_norm, obj.adv_eps)
+    batch.finish(list(scores) + list(demo_scores), obj.adv_norm, obj.adv_eps, obj.adv_group)
     return batch
 
 
@@ -601,24 +656,84 @@ def generate_rollouts(t: Trainer, plan: StepPlan, prompt_ids, expert_ids, n_plai
 
 
 def update(t: Trainer, batch: StepBatch, plan: StepPlan, times: dict) -> dict:
-    """Forward/backward in micro-batches with the step's global counts, then the optimiser step
-    (skipped, the divergence guard, when the loss or the gradient norm is not finite)."""
+    """The step's optimiser updates: one per mini-batch of groups (``optim.mini_batches``), each
+    forward/backward in micro-batches with that mini-batch's global counts, then the optimiser step
+    (skipped, the divergence guard, when the loss or the gradient norm is not finite). The learning-rate
+    schedule and the engine's weights move once per step. With several mini-batches the GRPO ratio's
+    old log-probs are the rollout-time ones (:func:`rollout_time_logprobs`), so from the second update
+    on the ratio moves away from 1 and clipping can bind."""
+    n_mb = t.cfg.optim.mini_batches
+    old = rollout_time_logprobs(t, batch, plan, times) if n_mb > 1 else None
+    parts = [mini_batch_update(t, batch, ids, plan, times, old) for ids in mini_batch_ids(batch, n_mb, t.dist)]
+    if n_mb == 1:
+        stats = parts[0]
+    else:  # losses and gradient norms: the mean over the updates; token figures: their sums
+        stats = {k: sum(p[k] for p in parts) for k in parts[0] if k not in ("grad_norm", "skipped")}
+        for k in [f"loss_{n}" for n in TERMS]:
+            stats[k] /= n_mb
+        stats.update(grad_norm=sum(p["grad_norm"] for p in parts) / n_mb, skipped=any(p["skipped"] for p in parts),
+                     clip_frac=stats.pop("clipped") / max(stats["tok_roll"], 1.0))
+    with timed("optimizer", times):
+        with warnings.catch_warnings():  # torch warns of a scheduler step without an optimiser step
+            warnings.simplefilter("ignore", UserWarning)
+            t.scheduler.step()  # the schedule follows the step count, skipped steps included
+        if not all(p["skipped"] for p in parts):
+            t.engine.sync_weights(t.model)
+    return stats
+
+
+def mini_batch_ids(batch: StepBatch, n_mb: int, dist: Dist) -> list[list[int]]:
+    """This rank's sequences of each of the step's ``n_mb`` mini-batches: the step's groups in order,
+    cut into ``n_mb`` contiguous runs by their global position, so that the mini-batches are the same
+    whatever the number of ranks (a rank may have none of a mini-batch's groups)."""
+    n_local = len(batch.idx)
+    first, n_global = dist.rank * n_local if dist.enabled else 0, n_local * (dist.world if dist.enabled else 1)
+    which = [(first + g) * n_mb // n_global for g in batch.group]
+    return [[i for i, k in enumerate(which) if k == m] for m in range(n_mb)]
+
+
+@torch.no_grad()
+def rollout_time_logprobs(t: Trainer, batch: StepBatch, plan: StepPlan, times: dict) -> list[torch.Tensor]:
+    """Each sequence's log-probs under the policy that sampled it, before any update of the step:
+    the engine's where it gave them (and ``objective.tis_cap`` is 0), else a no-grad forward pass of
+    the trainer's model. One [len(response)] tensor per sequence."""
+    cfg, lengths = t.cfg, batch.lengths
+    out: list[torch.Tensor] = [torch.empty(0)] * len(lengths)
+    with timed("old_logprobs", times):
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        chunks = [order[s:s + cfg.optim.micro_batch] for s in range(0, len(order), cfg.optim.micro_batch)]
+        chunks += [order[:1]] * (t.dist.max(len(chunks)) - len(chunks))  # FSDP: as many passes as the busiest rank
+        for ids in chunks:
+            mb = pad_batch([batch.seqs[i] for i in ids], t.tokenizer.pad_token_id, t.device)
+            own_BT, _ = response_logprobs(t.model, mb)
+            engine_BT = batch.rollout_logprobs_BT(ids, own_BT.shape[1])
+            old_BT = old_logprobs(own_BT, None if engine_BT is None else engine_BT.to(t.device),
+                                  use_rollout=plan.objective.tis_cap <= 0)
+            for b, i in enumerate(ids):
+                out[i] = old_BT[b, :lengths[i]].float().cpu()
+    return out
+
+
+def mini_batch_update(t: Trainer, batch: StepBatch, ids: list[int], plan: StepPlan, times: dict,
+                      old: list[torch.Tensor] | None) -> dict:
+    """Forward/backward of the sequences ``ids`` (this rank's share of one mini-batch) with the
+    mini-batch's global counts, then one optimiser step; returns the update's figures."""
     cfg, dist = t.cfg, t.dist
     lengths = batch.lengths
-    # Global counts (over every rank's sequences) so that micro-batch losses add up to the step's loss.
-    total = dist.sum({"num_tokens": float(sum(lengths)), "num_seqs": float(len(lengths))})
-    counts = dict(**total, max_len=cfg.data.max_response_tokens)
+    counts = step_counts(batch, cfg.data.max_response_tokens, dist, ids)
     stats = {f"loss_{n}": 0.0 for n in TERMS}
     stats.update({k: 0.0 for k in ("ent_roll", "ent_demo", "tok_roll", "tok_demo", "w_sft", "w_rl", "prob_demo",
                                    "mismatch_sum", "mismatch_tokens")})
+    if old is not None:
+        stats["clipped"] = 0.0
     t.optimizer.zero_grad(set_to_none=True)
     with timed("forward_backward", times):
-        order = sorted(range(len(lengths)), key=lambda i: lengths[i])  # similar lengths share a micro-batch
+        order = sorted(ids, key=lambda i: lengths[i])  # similar lengths share a micro-batch
         chunks = [order[start:start + cfg.optim.micro_batch] for start in range(0, len(order), cfg.optim.micro_batch)]
-        for ids in chunks:
-            micro_batch_step(t, batch, ids, plan, counts, stats)
+        for chunk in chunks:
+            micro_batch_step(t, batch, chunk, plan, counts, stats, old=old)
         for _ in range(dist.max(len(chunks)) - len(chunks)):  # FSDP: as many passes as the busiest rank
-            micro_batch_step(t, batch, order[:1], plan, counts, stats, weight=0.0)
+            micro_batch_step(t, batch, [0], plan, counts, stats, weight=0.0, old=old)
     stats = dist.sum(stats)
     with timed("optimizer", times):
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
@@ -636,19 +751,31 @@ def update(t: Trainer, batch: StepBatch, plan: StepPlan, times: dict) -> dict:
                                       f"parameters non-finite (first: {bad[0]}) although its gradient was finite "
                                       f"(norm {grad_norm:.3g}); lower optim.lr (now {cfg.optim.lr:g}) and resume "
                                       f"from the last checkpoint, which is kept")
-        with warnings.catch_warnings():  # torch warns of a scheduler step without an optimiser step
-            warnings.simplefilter("ignore", UserWarning)
-            t.scheduler.step()  # the schedule follows the step count, skipped steps included
-        if not skipped:
-            t.engine.sync_weights(t.model)
     stats.update(grad_norm=grad_norm, skipped=skipped)
     return stats
 
 
+def step_counts(batch: StepBatch, max_len: int, dist: Dist, ids: list[int] | None = None) -> dict[str, dict]:
+    """agg_loss's counts of the sequences ``ids`` (default: all of the step's), all of them, the
+    demonstrations' and the rollouts': global (over every rank's sequences), so that micro-batch
+    losses add up to the (mini-)batch's loss."""
+    ids = range(len(batch.lengths)) if ids is None else ids
+    lengths = [batch.lengths[i] for i in ids]
+    is_demo = [batch.is_demo[i] for i in ids]
+    local = {}
+    for kind, keep in (("all", lambda d: True), ("demos", lambda d: d), ("rollouts", lambda d: not d)):
+        chosen = [n for n, d in zip(lengths, is_demo) if keep(d)]
+        local[f"{kind}.num_tokens"], local[f"{kind}.num_seqs"] = float(sum(chosen)), float(len(chosen))
+    total = dist.sum(local)
+    return {kind: dict(num_tokens=total[f"{kind}.num_tokens"], num_seqs=total[f"{kind}.num_seqs"], max_len=max_len)
+            for kind in ("all", "demos", "rollouts")}
+
+
 def micro_batch_step(t: Trainer, batch: StepBatch, ids: list[int], plan: StepPlan, counts: dict,
-                     stats: dict, weight: float = 1.0) -> None:
+                     stats: dict, weight: float = 1.0, old: list[torch.Tensor] | None = None) -> None:
     """Forward and backward of the sequences ``ids``; their reduced terms and figures go to ``stats``.
-    ``weight=0``: a pass that adds nothing (a rank with fewer micro-batches than another)."""
+    ``weight=0``: a pass that adds nothing (a rank with fewer micro-batches than another). ``old``:
+    each sequence's rollout-time log-probs, the GRPO ratio's old ones (None: the current ones, detached)."""
     obj = plan.objective
     mb = pad_batch([batch.seqs[i] for i in ids], t.tokenizer.pad_token_id, t.device)
     mask_BT = mb["mask_BT"]
@@ -660,19 +787,26 @@ def micro_batch_step(t: Trainer, batch: StepBatch, ids: list[int], plan: StepPla
             ref_logits_BTV = response_logits(t.ref_model, mb)
         ref_BT, _ = token_logprobs_and_entropy(ref_logits_BTV, mb["tokens_BT"])
         if obj.kl_estimator == "full":
-            kl_BT = kl_full(torch.log_softmax(logits_BTV.float(), -1), torch.log_softmax(ref_logits_BTV.float(), -1))
+            kl_BT = kl_full(torch.log_softmax(logits_BTV.float(), -1), torch.log_softmax(ref_logits_BTV.float(), -1),
+                            obj.kl_direction)
         del ref_logits_BTV
     demo_B = batch.is_demo_N[ids].to(t.device)
     rollout_BT = batch.rollout_logprobs_BT(ids, mask_BT.shape[1])
     rollout_BT = rollout_BT.to(t.device) if rollout_BT is not None else None
+    old_BT = None
+    if old is not None:
+        old_BT = torch.zeros_like(logp_BT)
+        for b, i in enumerate(ids):
+            old_BT[b, :len(old[i])] = old[i].to(t.device)
+    adv_B = batch.adv_N[ids].to(t.device)
     terms, weights = token_losses(obj, logp_BT, ent_BT, mask_BT, demo_B, batch.correct_N[ids].to(t.device),
-                                  batch.adv_N[ids].to(t.device), None, ref_BT, step=plan.step,
+                                  adv_B, old_BT, ref_BT, step=plan.step,
                                   sft_factor=plan.factors[0], rl_factor=plan.factors[1],
                                   prefix_len_B=batch.prefix_N[ids].to(t.device) if batch.n_prefixed else None,
                                   kl_BT=kl_BT, rollout_logp_BT=rollout_BT,
                                   cov_generator=torch.Generator().manual_seed(t.cfg.run.seed * 1_000_033 + plan.step)
                                   if obj.cov_method == "clip-cov" else None)
-    reduced = {n: agg_loss(v, mask_BT, obj.loss_agg, **counts) for n, v in terms.items()}
+    reduced = reduce_terms(obj, terms, mask_BT, demo_B, counts)
     (weight * sum(reduced.values())).backward()
     if weight == 0.0:
         return
@@ -688,6 +822,9 @@ def micro_batch_step(t: Trainer, batch: StepBatch, ids: list[int], plan: StepPla
         stats["w_sft"] += float((weights["w_sft"] * demo_BT).sum())
         stats["w_rl"] += float((weights["w_rl"] * roll_BT).sum())
         stats["prob_demo"] += float((logp_BT.exp() * demo_BT).sum())
+        if old_BT is not None:  # rollout tokens where the GRPO clip binds
+            _, clipped_BT = grpo_loss(logp_BT, old_BT, adv_B, obj.clip_eps, obj.clip_eps_high)
+            stats["clipped"] += float((clipped_BT * roll_BT).sum())
         if rollout_BT is not None:  # how far the engine's log-probs are from the trainer's
             known_BT = ~torch.isnan(rollout_BT) & (mask_BT > 0)
             stats["mismatch_sum"] += float((logp_BT - rollout_BT).abs()[known_BT].sum())
@@ -742,6 +879,7 @@ def make_record(t: Trainer, batch: StepBatch, stats: dict, plan: StepPlan, pool:
         "loss": sum(sums.values()),
         "grad_norm": stats["grad_norm"],
         "skipped": stats["skipped"],
+        **({"clip_frac": stats["clip_frac"]} if "clip_frac" in stats else {}),  # optim.mini_batches > 1
         "response_len": sum(n for n, d in zip(lengths, is_demo) if not d) / max(n_roll, 1),
         "gen_tokens": gen_tokens,
         "demo_len": (sum(n for n, d in zip(lengths, is_demo) if d) / int(is_demo_N.sum())

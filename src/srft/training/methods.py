@@ -217,16 +217,23 @@ class Relift:
 
     name = "relift"
 
-    def __init__(self, size: int):
-        self.size = size
+    def __init__(self, size: int, mode: str = "replace"):
+        self.size, self.mode = size, mode
         self.buffer: list[int] = []
         self.sft_step = False
 
     def plan(self, plan: StepPlan) -> None:
-        self.sft_step = len(self.buffer) >= self.size
+        self.sft_step = self.mode == "replace" and len(self.buffer) >= self.size
         if self.sft_step:
             plan.idx, self.buffer = self.buffer[:self.size], self.buffer[self.size:]
             plan.objective = sft_objective(plan.objective)
+
+    def take_after(self) -> list[int] | None:
+        """mode after: the prompts of an SFT step to run after this step's RL update, once the buffer is full."""
+        if self.mode != "after" or len(self.buffer) < self.size:
+            return None
+        idx, self.buffer = self.buffer[:self.size], self.buffer[self.size:]
+        return idx
 
     def observe(self, record: dict) -> None:
         if not self.sft_step:
@@ -286,7 +293,7 @@ def build_step_methods(cfg: Config, sft_grad_norm_of_step) -> list:
     if obj.sasr_warmup_steps:
         methods.append(Sasr(cfg, sft_grad_norm_of_step))
     if obj.relift_buffer:
-        methods.append(Relift(obj.relift_buffer))
+        methods.append(Relift(obj.relift_buffer, obj.relift_mode))
     return methods
 
 

@@ -47,14 +47,24 @@ class StepBatch:
         self.answers.append(answer)
         self.rollout_logprobs.append(logprobs)
 
-    def finish(self, scores: list[Score], adv_norm: str, adv_eps: float) -> None:
-        """Attach the verifier's scores (in sequence order) and compute rewards and group advantages."""
+    def finish(self, scores: list[Score], adv_norm: str, adv_eps: float, adv_group: str = "all") -> None:
+        """Attach the verifier's scores (in sequence order) and compute rewards and group advantages.
+
+        adv_group=rollouts: the demonstrations stay out of their groups' statistics and get advantage 0."""
         if len(scores) != len(self.seqs):
             raise ValueError(f"{len(scores)} scores for {len(self.seqs)} sequences")
         self.scores = list(scores)
         self.rewards_N = torch.tensor([s.reward for s in scores], dtype=torch.float32)
         self.correct_N = self.rewards_N > 0
-        self.adv_N = group_advantages(self.rewards_N, self.group_N, adv_norm, adv_eps)
+        if adv_group == "all":
+            self.adv_N = group_advantages(self.rewards_N, self.group_N, adv_norm, adv_eps)
+        elif adv_group == "rollouts":
+            keep_N = ~self.is_demo_N
+            self.adv_N = torch.zeros_like(self.rewards_N)
+            if keep_N.any():
+                self.adv_N[keep_N] = group_advantages(self.rewards_N[keep_N], self.group_N[keep_N], adv_norm, adv_eps)
+        else:
+            raise ValueError(f"adv_group must be all or rollouts, got {adv_group!r}")
 
     @classmethod
     def concat(cls, parts: list["StepBatch"]) -> "StepBatch":

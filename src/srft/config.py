@@ -281,6 +281,7 @@ class ObjectiveConfig:
 class OptimConfig:
     lr: float = _f(3e-4, "AdamW learning rate.", range='(0, inf)')
     betas: list = _f([0.9, 0.99], "AdamW betas.")
+    eps: float = _f(1e-8, "AdamW epsilon (TRL's adam_epsilon).", range='(0, inf)')
     weight_decay: float = _f(0.0, "AdamW weight decay.", range='[0, inf)')
     grad_clip: float = _f(1.0, "Clip the global gradient norm to this; 0 = no clipping.", range='[0, inf]')
     warmup_steps: int = _f(10, "Linear learning-rate warm-up steps.", range='[0, inf)')

@@ -273,12 +273,12 @@ def _train(cfg: Config, run_dir: Path | None, resume: bool, dist: Dist) -> Path:
         ref_model = ref_model.to(device).eval()
         ref_model.requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                                  weight_decay=cfg.optim.weight_decay)
+                                  eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     sft_optimizer = None
     if cfg.objective.relift_buffer and cfg.objective.relift_mode == "after":
         sft_optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                                          weight_decay=cfg.optim.weight_decay)
+                                          eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay)
     engine = build_engine(cfg, model, tokenizer, model_path, engine_model=engine_model, distributed=dist.enabled)
     # the phases see step schedules in whole steps; the run directory keeps the config as given
     t = Trainer(with_step_counts(cfg), model, ref_model, engine, tokenizer, task, train_set, optimizer, scheduler,

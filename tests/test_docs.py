@@ -47,3 +47,17 @@ def test_relative_links_point_to_files_that_exist(page):
 
 def test_the_readme_keeps_the_test_command():
     assert "python -m pytest -q" in (ROOT / "README.md").read_text()
+
+
+def test_the_example_data_files_are_what_their_script_writes(tmp_path):
+    spec = importlib.util.spec_from_file_location("make_word_problems", ROOT / "examples" / "make_word_problems.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for written in module.write(tmp_path):
+        shipped = ROOT / "examples" / "data" / written.name
+        assert shipped.exists(), f"{shipped} is missing: run python examples/make_word_problems.py"
+        assert shipped.read_text() == written.read_text(), f"{shipped} is stale: run python examples/make_word_problems.py"
+    from srft.data.loading import load_rows
+
+    rows = load_rows(str(ROOT / "examples" / "data" / "word-problems-train.jsonl"))
+    assert len(rows) == 256 and all(r["demonstration"].endswith(f"\\boxed{{{r['answer']}}}.") for r in rows)

@@ -265,3 +265,43 @@ def test_srft_benchmark_on_the_real_model(fetched, tmp_path, capsys):
     records = json.loads(out_json.read_text())["records"]
     assert len(records) == 2 and all(len(r["completions"]) == 1 for r in records)
     assert all(len(r["completions"][0]) > 0 and "<|im_end|>" not in r["completions"][0] for r in records)
+
+
+def _readme_block(heading: str) -> str:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = text.split(heading, 1)[1]
+    return section.split("```bash\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_real_model_commands_run(fetched, tmp_path):
+    """The README's SmolLM2 block as a user runs it, in bash, from a clone (install line left out; the
+    fetched model put where the default cache has it; one training step instead of four)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    block = _readme_block("### A real model on a CPU, in minutes")
+    lines = block.splitlines()
+    assert lines[0].startswith("pip install")  # installs are CI's job
+    script = "\n".join(lines[1:]).replace("run.steps=4", "run.steps=1").replace("data.test_size=16", "data.test_size=4")
+    assert "srft doctor" in script and "model.lora_rank=16" in script and "run.steps=1" in script
+    home = tmp_path / "home"
+    (home / ".cache" / "srft" / "models").mkdir(parents=True)
+    (home / ".cache" / "srft" / "models" / fetched[1].name).symlink_to(fetched[1])
+    repo = tmp_path / "clone"
+    repo.mkdir()
+    (repo / "examples").symlink_to(Path(__file__).resolve().parent.parent / "examples")
+    env = dict(os.environ, HOME=str(home), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+               OMP_NUM_THREADS=str(THREADS))
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=1200)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert "summary: 0 problem(s)" in proc.stdout
+    runs = list((repo / "runs").glob("srft-*"))
+    assert len(runs) == 1, runs
+    result = json.loads((runs[0] / "eval.json").read_text())
+    assert result["steps"] == 1 and result["n_prompts"]["test_id"] == 4
+    assert (runs[0] / "model" / "model.safetensors").exists()
+    shutil.rmtree(repo / "runs", ignore_errors=True)

@@ -233,3 +233,47 @@ def test_hinted_prompt_defaults_and_a_plugins_own():
             return f"[hint: {answer}] {prompt}"
 
     assert hinted_prompt(Own(), "2+3?", "5") == "[hint: 5] 2+3?"
+
+
+# --------------------------------------------------------------------------- carry-chain regime
+@pytest.mark.parametrize("a, b, chained", [
+    (47, 56, True),    # 7+6=13 carries; the tens get it and pass one on: 4+5+1=10
+    (99, 1, True),     # 9+1=10, then 9+0+1=10
+    (19, 1, False),    # 9+1=10 carries, but 1+0+1=2 passes nothing on
+    (15, 15, False),   # 5+5=10, 1+1+1=3
+    (58, 71, False),   # 8+1=9, no carry in; 5+7=12 carries out only
+    (123, 456, False),  # no carry at all
+])
+def test_carry_chain_by_hand(a, b, chained):
+    from srft.tasks.carry import has_carry_chain
+
+    assert has_carry_chain(a, b) is chained
+
+
+def _operands(prompt: str) -> tuple[int, int]:
+    a, b = prompt.replace(" ", "").rstrip("=").split("+")
+    return int(a), int(b)
+
+
+def test_carry_task_shifts_in_kind_not_length():
+    from srft.tasks.carry import CarryChainTask, has_carry_chain
+
+    task = CarryChainTask()
+    for split, want in (("train", False), ("test_id", False), ("test_ood", True)):
+        rows = task.generate(split, 300, 0)
+        pairs = [_operands(r["prompt"]) for r in rows]
+        assert all(has_carry_chain(a, b) is want for a, b in pairs), split
+        assert {len(str(x)) for a, b in pairs for x in (a, b)} <= {1, 2, 3}, split  # the same lengths everywhere
+    # the pre-training text is drawn from the chain-free side only
+    docs = task.pretraining_documents(1000, seed=0)
+    assert not any(has_carry_chain(*_operands(d.split("=")[0] + "=")) for d in docs)
+
+
+def test_addition_pretraining_text_unchanged():
+    # The pre-training hook the carry task overrides must not move the addition task's random
+    # stream: the shipped base model is named by a recipe that assumes this exact text.
+    import hashlib
+
+    docs = get_task("addition").pretraining_documents(300, seed=0)
+    digest = hashlib.sha256("\n".join(docs).encode()).hexdigest()
+    assert digest == "cf47ca3bda8392482f8b8a8f64a0bb38d66a6f71482edad01aa38214eb5a0031"

@@ -76,6 +76,7 @@ class BaseModelConfig:
 DEFAULT_CORPUS = {
     "addition": {},
     "expression": {},
+    "addition-carry": {},
 }
 
 

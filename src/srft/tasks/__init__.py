@@ -23,17 +23,19 @@ from pathlib import Path
 from srft.scoring import Score
 from srft.tasks.addition import AdditionTask
 from srft.tasks.base import SPLITS, Task
+from srft.tasks.carry import CarryChainTask
 from srft.tasks.expression import ExpressionTask
 from srft.tasks.files import FileTask
 
 TASKS: dict[str, type] = {
     AdditionTask.name: AdditionTask,
     ExpressionTask.name: ExpressionTask,
+    CarryChainTask.name: CarryChainTask,
 }
 DEFAULT_TASK = "addition"
 
 __all__ = ["TASKS", "DEFAULT_TASK", "base_model_task", "SPLITS", "Score", "Task", "TaskError", "get_task", "make_task",
-           "AdditionTask", "ExpressionTask", "FileTask"]
+           "AdditionTask", "CarryChainTask", "ExpressionTask", "FileTask"]
 
 
 class TaskError(ValueError):

@@ -187,6 +187,10 @@ class AdditionTask:
         b = self._rand_int(rng, rng.randint(*digit_range))
         return self.prompt(a, b), a, b
 
+    def _draw_pretraining(self, rng: random.Random, digits) -> tuple[str, int, int]:
+        """A problem for the pre-training text (a subclass may restrict it to its train side)."""
+        return self._draw(rng, digits)
+
     def solve(self, a: int, b: int, style: str | None = None) -> str:
         """The expert's step-by-step solution (always correct)."""
         response, final = render_solution(column_steps(a, b), style or self.style)
@@ -242,7 +246,7 @@ class AdditionTask:
         rng = random.Random(f"{self.name}/pretrain/{seed}")
         docs = []
         while len(docs) < n:
-            prompt, a, b = self._draw(rng, digits)
+            prompt, a, b = self._draw_pretraining(rng, digits)
             if is_heldout(prompt, self.heldout_fraction):
                 continue
             u = rng.random()

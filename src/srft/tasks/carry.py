@@ -1,0 +1,54 @@
+"""Addition with an out-of-distribution split that shifts in kind, not in length.
+
+The ``addition`` task's ``test_ood`` (four-digit sums) is a length shift that a tiny model does not
+bridge: every method scores 0 there. This variant keeps the lengths (2-3 digit operands everywhere)
+and moves one skill out of training instead: a *carry chain*, a column that receives a carry and
+passes one on (in ``47+56=`` the tens column is ``4+5+1=10``). ``train`` and ``test_id`` have no
+chain: every column step is either ``x+y=s`` with any sum or ``x+y+1=s`` with ``s`` below 10. Every
+``test_ood`` problem has at least one chained column, ``x+y+1=1d``, a step whose two halves (adding
+the carry, writing a two-digit sum) the model has practised only apart. The pre-training text is
+drawn from the same chain-free train side, so the base model has not seen the combination either
+(apart from its own noise). Prompt, response and verifier are the addition task's.
+"""
+
+from __future__ import annotations
+
+import random
+
+from srft.tasks.addition import AdditionTask, column_steps, is_heldout, sample_unique, split_rng
+
+
+def has_carry_chain(a: int, b: int) -> bool:
+    """Whether some column both receives a carry and produces one."""
+    return any(c and s >= 10 for _, _, c, s in column_steps(a, b))
+
+
+class CarryChainTask(AdditionTask):
+    """Column addition; ``test_ood`` = the problems with a carry chain (see the module docstring)."""
+
+    name = "addition-carry"
+
+    def __init__(self, digits: tuple[int, int] = (2, 3), heldout_fraction: float = 0.1, style: str = "explicit"):
+        super().__init__(digits=digits, ood_digits=digits, heldout_fraction=heldout_fraction, style=style)
+
+    def _in_split(self, a: int, b: int, split: str) -> bool:
+        return has_carry_chain(a, b) == (split == "test_ood")
+
+    def generate(self, split: str, n: int, seed: int) -> list[dict]:
+        rng = split_rng(self.name, split, seed)
+        heldout = split != "train"
+
+        def draw(r: random.Random):
+            while True:
+                item = self._draw(r, self.digits)
+                if self._in_split(item[1], item[2], split):
+                    return item
+
+        items = sample_unique(rng, n, draw, lambda key: is_heldout(key, self.heldout_fraction) == heldout)
+        return [{"prompt": p, "answer": str(a + b), "demonstration": self.solve(a, b)} for p, a, b in items]
+
+    def _draw_pretraining(self, rng: random.Random, digits) -> tuple[str, int, int]:
+        while True:  # the train side only: no carry chain
+            item = self._draw(rng, digits)
+            if not has_carry_chain(item[1], item[2]):
+                return item

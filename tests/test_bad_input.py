@@ -276,3 +276,38 @@ def test_builtin_and_plugin_tasks_keep_their_own_base_model():
     assert base_model_task("file") == "addition"
     assert base_model_task("expression") == "expression"
     assert base_model_task("my_tasks.py:MyTask") == "my_tasks.py:MyTask"
+
+
+def test_base_task_names_the_base_model_outright():
+    from srft.tasks import base_model_task
+
+    assert base_model_task("expression", "addition") == "addition"
+    assert base_model_task("file", "expression") == "expression"
+    assert base_model_task("my_tasks.py:MyTask", "addition") == "addition"
+    assert base_model_task("expression", None) == "expression"
+
+
+@pytest.mark.parametrize("value", ["file", "my_tasks.py:MyTask", "additon"])
+def test_base_task_must_be_a_builtin_task(value):
+    with pytest.raises(ConfigError, match=r"model.base_task must be a built-in task \(addition, .*\) or null"):
+        load_config("srft", None, [f"model.base_task={value}"])
+
+
+def test_base_task_reaches_the_base_model_build(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """`data.task=expression model.base_task=addition`: the addition base model, and no note about it."""
+    import srft.models.base_model as base_model
+    from srft.models.loading import resolve_model_path
+
+    asked = []
+    monkeypatch.setattr(base_model, "ensure_base_model",
+                        lambda cache, task_name="addition", **kw: asked.append(task_name) or tiny_model_dir)
+    cfg = load_config("srft", None, ["data.task=expression", "model.base_task=addition",
+                                     f"model.base_cache_dir={tmp_path}"])
+    assert resolve_model_path(cfg.model, cfg.data.task, progress=False) == tiny_model_dir
+    assert asked == ["addition"]
+    assert "base model" not in capsys.readouterr().err  # asked for, so nothing to point out
+    # the comparison builds the same recipe before its runs
+    from srft.compare.plan import RunSpec, base_model_recipes
+
+    run = RunSpec(regime="r", method="m", seed=0, run_dir=tmp_path / "run", overrides=[])
+    assert [r[1] for r in base_model_recipes([run], {run.key: cfg})] == ["addition"]

@@ -39,7 +39,7 @@ def write_suite(tmp_path: Path, data: dict, name: str = "suite.yaml") -> Path:
 
 
 def test_builtin_suites_load_and_their_runs_validate():
-    assert {"quick", "entropy", "bootstrap"} <= set(list_suites())
+    assert {"quick", "entropy", "bootstrap", "weak-long", "carry", "unseen"} <= set(list_suites())
     quick = load_suite("quick")
     assert [m.name for m in quick.methods] == [
         "sft", "dft", "asft", "grpo", "dr-grpo", "dapo", "sft-then-grpo", "luffy", "chord", "relift", "prefix-rft", "sasr",
@@ -53,9 +53,11 @@ def test_builtin_suites_load_and_their_runs_validate():
         "srft-expert", "srft-self", "srft-mixed", "srft-rejection", "srft-rejection-only", "srft-rationalised",
         "srft-rationalised-only", "grpo"]
     # every run of every built-in suite has a valid config (presets exist, overrides are real keys)
-    for name in ("quick", "entropy", "bootstrap"):
+    for name in list_suites():
         suite = load_suite(name)
-        validate_configs(plan_runs(suite, select(suite), Path("/nonexistent")))
+        configs = validate_configs(plan_runs(suite, select(suite), Path("/nonexistent")))
+        if name == "unseen":  # the regime's point: another task's base model
+            assert {(c.data.task, c.model.base_task) for c in configs.values()} == {("expression", "addition")}
 
 
 @pytest.mark.parametrize("change, expected", [
@@ -81,7 +83,7 @@ def test_suite_errors_name_the_key_the_valid_keys_and_the_file(tmp_path, change,
 
 
 def test_unknown_suite_lists_the_builtin_ones():
-    with pytest.raises(SuiteError, match="unknown suite 'nope'; built-in suites: bootstrap, entropy"):
+    with pytest.raises(SuiteError, match="unknown suite 'nope'; built-in suites: bootstrap, carry, entropy"):
         load_suite("nope")
 
 

@@ -33,14 +33,14 @@ from pathlib import Path
 OVERRIDE = re.compile(r"^[A-Za-z_]\w*\.[A-Za-z_]\w*=")
 
 # the config keys each command reads (besides train, config and doctor, which read them all)
-EVALUATE_KEYS = ("model.path", "model.dtype", "model.device", "model.threads", "model.base_seed", "model.base_steps",
-                 "model.base_cache_dir", "data.task", "data.test_id_file", "data.test_ood_file", "data.reward",
+EVALUATE_KEYS = ("model.path", "model.dtype", "model.device", "model.threads", "model.base_task", "model.base_seed",
+                 "model.base_steps", "model.base_cache_dir", "data.task", "data.test_id_file", "data.test_ood_file", "data.reward",
                  "data.verifier_workers", "data.verifier_timeout", "data.verifier_think_answers", "data.template",
                  "data.seed", "data.test_size", "data.max_prompt_tokens", "data.max_response_tokens",
                  "run.eval_k", "run.eval_temperature", "run.seed")
 BENCHMARK_KEYS = ("model.path", "model.dtype", "model.device", "model.threads", "run.seed", "data.template",
                   "data.verifier_workers", "data.verifier_timeout", "data.max_response_tokens", "run.eval_temperature")
-BUILD_BASE_KEYS = ("data.task", "model.base_seed", "model.base_steps", "model.base_cache_dir")
+BUILD_BASE_KEYS = ("data.task", "model.base_task", "model.base_seed", "model.base_steps", "model.base_cache_dir")
 EXPORT_KEYS = ("data.task", "data.seed")
 ANALYZE_KEYS = ("data.task", "data.seed", "data.max_response_tokens", "model.device", "model.threads", "run.seed")
 
@@ -218,12 +218,15 @@ def cmd_build_base(args) -> int:
 
     _split_items(args, None)
     cfg = _command_config(args, "build-base", BUILD_BASE_KEYS)
+    from srft.tasks import base_model_task
+
     recipe = BaseModelConfig(steps=cfg.model.base_steps)
+    task = base_model_task(cfg.data.task, cfg.model.base_task)
     if args.out:
-        path = build_base_model(Path(args.out), task_name=cfg.data.task, seed=cfg.model.base_seed, config=recipe)
+        path = build_base_model(Path(args.out), task_name=task, seed=cfg.model.base_seed, config=recipe)
     else:
         import os
-        path = ensure_base_model(Path(os.path.expanduser(cfg.model.base_cache_dir)), task_name=cfg.data.task,
+        path = ensure_base_model(Path(os.path.expanduser(cfg.model.base_cache_dir)), task_name=task,
                                  seed=cfg.model.base_seed, config=recipe, rebuild=args.rebuild)
     print(path)
     return 0
@@ -474,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="train a suite of methods x seeds x base models and report them side by side",
                        description=COMPARE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("items", nargs="*", metavar="SUITE|KEY=VALUE",
-                   help="built-in suite (quick, entropy, bootstrap) or a suite YAML file, then section.key=value "
+                   help="a built-in suite (srft compare --help lists them) or a suite YAML file, then section.key=value "
                         "overrides for every run, after the suite's common ones (e.g. run.steps=10)")
     p.add_argument("--out", default=None, help="output directory (default: runs/compare-SUITE)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds instead of the suite's, e.g. 0,1")

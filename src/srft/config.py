@@ -100,6 +100,10 @@ class ModelConfig:
         "cross the groups. The number of ranks must be a multiple of N.", range='[0, inf)')
     base_cache_dir: str = _f("~/.cache/srft", "Where the built-in base model is built and cached.")
     base_seed: int = _f(0, "Seed of the built-in base model's pre-training.", range=SEED_RANGE)
+    base_task: Optional[str] = _f(
+        None, "With model.path null: the built-in task whose text the base model is pre-trained on; null = data.task's "
+              "own (the default task's for data.task=file). Another task than data.task trains a procedure the base "
+              "model has not seen (e.g. data.task=expression model.base_task=addition).")
     threads: int = _f(0, "torch CPU threads; 0 = leave torch's default.", range='[0, inf)')
     base_steps: int = _f(1000, "Pre-training steps of the built-in base model: fewer give a weaker base (each "
                                "recipe is cached separately).", range='(0, inf)')
@@ -488,6 +492,12 @@ def validate(cfg: Config) -> None:
             value = getattr(obj, f.name)
             if rng is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
                 check_range(f"{sect.name}.{f.name}", value, rng)
+    if cfg.model.base_task is not None:
+        from srft.tasks import TASKS
+
+        if cfg.model.base_task not in TASKS:
+            raise ConfigError(f"model.base_task must be a built-in task ({', '.join(sorted(TASKS))}) or null, "
+                              f"got {cfg.model.base_task!r}")
     if cfg.data.train_size <= 0 and cfg.data.task != "file":
         raise ConfigError(f"data.train_size must be > 0 for generated tasks, got {cfg.data.train_size} "
                           f"(0 = all rows is for data.task=file)")

@@ -25,15 +25,15 @@ from srft.compare.runner import (
     threads_per_run,
     train_command,
 )
-from srft.compare.suite import Suite, SuiteError, load_suite
+from srft.compare.suite import Suite, SuiteError, list_suites, load_suite
 
 DESCRIPTION = """\
 Train every (regime, method, seed) of a comparison suite with 'srft train' and report them
 side by side. Positional section.key=value arguments after the suite are overrides for every
-run, applied after the suite's common ones. Lists are comma-separated. Suites: built-in names (quick, entropy, bootstrap; files in
-srft/presets/compare/) or a path to a suite YAML file. Runs go to OUT/REGIME/METHOD/seedS
-(train.log, run_status.json and what 'srft train' writes); the report to OUT/compare.md,
-OUT/compare.json and OUT/curves-REGIME.png.
+run, applied after the suite's common ones. Lists are comma-separated. Suites: built-in names
+({suites}; files in srft/presets/compare/) or a path to a suite YAML file.
+Runs go to OUT/REGIME/METHOD/seedS (train.log, run_status.json and what 'srft train' writes);
+the report to OUT/compare.md, OUT/compare.json and OUT/curves-REGIME.png.
 
 Rerunning the same command continues: finished runs (eval.json) are skipped, stopped ones
 resume from their checkpoint. A failed run is reported and the others go on. Ctrl-C stops
@@ -45,7 +45,7 @@ examples:
   srft compare entropy --regimes strong --jobs 2
   srft compare --report-only runs/compare-quick        # report the finished runs
   srft compare --report-only runs/compare-quick --reference grpo   # paired gaps against grpo
-"""
+""".format(suites=", ".join(list_suites()))
 
 
 def _csv(text: str | None, kind=str) -> list | None:

@@ -129,7 +129,7 @@ def base_model_recipes(runs: list[RunSpec], configs: dict[str, Config]) -> list[
     for run in runs:
         m = configs[run.key].model
         if m.path is None:
-            recipe = (m.base_cache_dir, base_model_task(configs[run.key].data.task), m.base_seed, m.base_steps)
+            recipe = (m.base_cache_dir, base_model_task(configs[run.key].data.task, m.base_task), m.base_seed, m.base_steps)
             if recipe not in recipes:
                 recipes.append(recipe)
     return recipes

@@ -45,8 +45,8 @@ def resolve_model_path(cfg: ModelConfig, task_name: str, progress: bool = True) 
         from srft.models import base_model
         from srft.tasks import base_model_task
 
-        base_task = base_model_task(task_name)
-        if base_task != task_name:
+        base_task = base_model_task(task_name, cfg.base_task)
+        if base_task != task_name and cfg.base_task is None:
             print(f"note: model.path is null and task '{task_name}' has no built-in base model of its own: "
                   f"using the built-in '{base_task}' base model (set model.path=DIR to train another model)",
                   file=sys.stderr)

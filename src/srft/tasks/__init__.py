@@ -42,13 +42,16 @@ class TaskError(ValueError):
     """A task spec that cannot be resolved into a usable task."""
 
 
-def base_model_task(task: str) -> str:
+def base_model_task(task: str, base_task: str | None = None) -> str:
     """The task whose built-in base model serves ``task`` when ``model.path`` is null.
 
-    Built-in tasks and plugins (``module:Class``, ``file.py:Class``) have their own, pre-trained
-    on their text; a task with no text of its own to pre-train on (``file``: data files) uses
-    the default task's (``DEFAULT_TASK``).
+    ``base_task`` (``model.base_task``) names it outright. Otherwise built-in tasks and plugins
+    (``module:Class``, ``file.py:Class``) have their own, pre-trained on their text; a task with
+    no text of its own to pre-train on (``file``: data files) uses the default task's
+    (``DEFAULT_TASK``).
     """
+    if base_task is not None:
+        return base_task
     return task if task in TASKS or ":" in task else DEFAULT_TASK
 
 

@@ -140,14 +140,14 @@ def test_ensure_base_model_caches(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------- shipped weights
-@pytest.mark.parametrize("steps", bm.SHIPPED_STEPS)
-def test_shipped_build_matches_its_recipe_and_record(steps):
+@pytest.mark.parametrize("task, steps", bm.SHIPPED)
+def test_shipped_build_matches_its_recipe_and_record(task, steps):
     # The shipped directory is named by the recipe's hash: a recipe change (or a BUILD_FORMAT
     # bump) leaves it unused until it is rebuilt with `python -m srft.models.base_model ship`.
-    path = bm.shipped_base_model(bm.base_model_dirname("addition", 0, BaseModelConfig(steps=steps)))
-    assert path is not None, f"no shipped build for {steps} steps"
+    path = bm.shipped_base_model(bm.base_model_dirname(task, 0, BaseModelConfig(steps=steps)))
+    assert path is not None, f"no shipped build of {task} for {steps} steps"
     info = json.loads((path / "srft_base.json").read_text())
-    assert (info["task"], info["seed"], info["config"]["steps"], info["format"]) == ("addition", 0, steps, bm.BUILD_FORMAT)
+    assert (info["task"], info["seed"], info["config"]["steps"], info["format"]) == (task, 0, steps, bm.BUILD_FORMAT)
     assert info["weights_sha256"] == bm.weights_digest(path)  # the weights are the ones measured
     assert info["config"] == {**vars(BaseModelConfig(steps=steps)), "corpus": info["config"]["corpus"]}
 

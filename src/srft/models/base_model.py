@@ -362,29 +362,30 @@ def load_base_model(path):
     return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
 
 
-# The addition recipes that ship (seed 0): the default base model and the weak one of the
-# comparison suites (model.base_steps=600).
-SHIPPED_STEPS = (1000, 600)
+# The recipes that ship (task, pre-training steps; seed 0): the default base model, the weak
+# one of the comparison suites (model.base_steps=600) and the carry suite's.
+SHIPPED = (("addition", 1000), ("addition", 600), ("addition-carry", 1000))
 
 
 def weights_digest(path: Path) -> str:
     return hashlib.sha256((Path(path) / "model.safetensors").read_bytes()).hexdigest()
 
 
-def ship_base_model(steps: int, built: Path | None = None) -> Path:
-    """Put the addition/seed-0 build of ``steps`` pre-training steps into ``SHIPPED_DIR``.
+def ship_base_model(steps: int, built: Path | None = None, task: str = "addition") -> Path:
+    """Put the ``task``/seed-0 build of ``steps`` pre-training steps into ``SHIPPED_DIR``.
 
-    ``built`` is a finished build of that recipe (``srft build-base model.base_steps=N --out DIR``);
-    without it the recipe is built here. The digest of the weights goes into srft_base.json
-    so that a test can tell that the shipped files are the ones described.
+    ``built`` is a finished build of that recipe (``srft build-base data.task=T
+    model.base_steps=N --out DIR``); without it the recipe is built here. The digest of the
+    weights goes into srft_base.json so that a test can tell that the shipped files are the
+    ones described.
     """
     config = BaseModelConfig(steps=steps)
-    dest = SHIPPED_DIR / base_model_dirname("addition", 0, config)
+    dest = SHIPPED_DIR / base_model_dirname(task, 0, config)
     if built is None:
-        built = build_base_model(Path(f"{dest}.build"), "addition", 0, config=config)
+        built = build_base_model(Path(f"{dest}.build"), task, 0, config=config)
     info = json.loads((Path(built) / "srft_base.json").read_text())
-    if (info["task"], info["seed"], info["config"]["steps"], info["format"]) != ("addition", 0, steps, BUILD_FORMAT):
-        raise ValueError(f"{built} is not the addition/seed-0 build of {steps} steps (format {BUILD_FORMAT})")
+    if (info["task"], info["seed"], info["config"]["steps"], info["format"]) != (task, 0, steps, BUILD_FORMAT):
+        raise ValueError(f"{built} is not the {task}/seed-0 build of {steps} steps (format {BUILD_FORMAT})")
     _install(Path(built), dest)
     shutil.rmtree(f"{dest}.build", ignore_errors=True)
     info["weights_sha256"] = weights_digest(dest)
@@ -453,7 +454,9 @@ def main(argv=None) -> int:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--steps", type=int, default=None)
     s = sub.add_parser("ship", help="build the recipes that ship with the package into srft/models/shipped/")
-    s.add_argument("--steps", type=int, nargs="+", default=list(SHIPPED_STEPS))
+    s.add_argument("--task", default="addition", help="the task of the recipes to ship")
+    s.add_argument("--steps", type=int, nargs="+", default=None,
+                   help="pre-training steps of each recipe (default: the task's shipped ones)")
     s.add_argument("--from-dir", nargs="+", default=None,
                    help="ship these finished builds (one per --steps value) instead of building")
     c = sub.add_parser("sft-check", help="SFT a base model on demonstrations and report accuracy before/after")
@@ -465,9 +468,10 @@ def main(argv=None) -> int:
     c.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.cmd == "ship":
-        for i, steps in enumerate(args.steps):
+        steps_list = args.steps or [n for t, n in SHIPPED if t == args.task]
+        for i, steps in enumerate(steps_list):
             built = Path(args.from_dir[i]) if args.from_dir else None
-            print(ship_base_model(steps, built))
+            print(ship_base_model(steps, built, task=args.task))
     elif args.cmd == "build":
         out = build_base_model(args.out, args.task, args.seed, steps=args.steps)
         print(json.dumps(json.loads((Path(out) / "srft_base.json").read_text())["accuracy"], indent=2))

@@ -166,7 +166,7 @@ def test_kl_ref_pi_needs_the_full_estimator():
     ("grpo", dict(adv_norm="std", loss_agg="seq-mean-token-mean", clip_eps_high=0.2, demonstrations=False)),
     ("dr-grpo", dict(adv_norm="mean", loss_agg="token-sum-norm", clip_eps_high=0.2, demonstrations=False)),
     ("dapo", dict(adv_norm="std", loss_agg="token-mean", clip_eps=0.2, clip_eps_high=0.28, entropy_coef=0.0,
-                  kl_coef=0.0, demonstrations=False)),
+                  kl_coef=0.0, demonstrations=False, overlong_buffer=0.2, overlong_penalty=1.0)),
     ("chord", dict(adv_group="rollouts", term_norm="own", loss_agg="token-mean", mix="chord")),
     ("chord-phi", dict(adv_group="rollouts", term_norm="own", loss_agg="token-mean", mix="chord")),
     ("asft", dict(kl_direction="ref-pi", kl_estimator="full", kl_tokens="demos", kl_coef=0.1, term_norm="own",

@@ -151,6 +151,12 @@ class RolloutConfig:
     n: int = _f(8, "On-policy rollouts per prompt (G).", range='(0, inf)')
     temperature: float = _f(1.0, "Sampling temperature of the rollouts.", range='(0, inf)')
     top_p: float = _f(1.0, "Nucleus sampling threshold of the rollouts.", range='(0, 1]')
+    filter_groups: bool = _f(
+        False, "DAPO's dynamic sampling: keep only prompts whose own rollouts are neither all correct nor all "
+        "wrong, and sample further prompts until rollout.prompts_per_step such groups are found (or "
+        "filter_rounds draws are spent: the step then trains on those it has). One process only so far.")
+    filter_rounds: int = _f(3, "rollout.filter_groups: most draws of rollout.prompts_per_step prompts per step.",
+                            range='(0, inf)')
     seeds: Literal["stream", "prompt"] = _f(
         "stream", "Sampling randomness of the rollouts: stream (one random stream for the step's batch) or prompt "
         "(each prompt's rollouts from a seed of run.seed, the step and the prompt: the same rollouts on any number "
@@ -162,6 +168,11 @@ class ObjectiveConfig:
     demonstrations: bool = _f(True, "Add each prompt's demonstration to its rollout group (off for GRPO).")
     adv_norm: Literal["std", "mean"] = _f("std", "Group advantage: (r-mean)/(std+eps) or r-mean.")
     adv_eps: float = _f(1e-6, "Epsilon in the advantage's denominator.", range='[0, inf)')
+    overlong_buffer: float = _f(
+        0.0, "DAPO's soft overlong punishment: the last fraction of data.max_response_tokens over which an own "
+        "rollout's reward falls linearly to -overlong_penalty at the limit (DAPO: 4096 of 20480 = 0.2); 0 = off. "
+        "Correctness, and so the w_RL / +log pi split, is the verifier's alone.", range='[0, 1)')
+    overlong_penalty: float = _f(1.0, "objective.overlong_buffer: the penalty at the response limit.", range='[0, inf)')
     adv_group: Literal["all", "rollouts"] = _f(
         "all", "Which sequences make a prompt's advantage group: all (rollouts and the demonstration) or rollouts "
         "(the demonstration stays out of the mean and std and gets advantage 0, as in CHORD: an all-wrong group "

@@ -526,8 +526,10 @@ PRESET_NOTES: dict[str, list[tuple]] = {
     "grpo": [_ONE_UPDATE],
     "dr-grpo": [_ONE_UPDATE],
     "dapo": [
-        ("[dynamic sampling]", "off", "on", "on", "groups with all-equal rewards are not replaced by new ones"),
-        ("[overlong reward shaping]", "off", "on", "on", "rollouts cut at max_response_tokens are not penalised"),
+        ("rollout.filter_rounds", 3, "until the batch is full", "until the batch is full (max_num_gen_batches)",
+         "dynamic sampling stops after 3 draws and trains on the mixed groups found"),
+        ("[reward]", "0 / 1", "-1 / 1", "-1 / 1",
+         "the overlong penalty (up to 1) weighs twice as much against the reward gap"),
         _ONE_UPDATE,
     ],
     "luffy": [

@@ -12,6 +12,7 @@ from srft.objective.losses import (
     kl_k3,
     offpolicy_loss,
     old_logprobs,
+    overlong_penalty,
     phi_weight,
     prefix_keep_mask,
     prob_weight,
@@ -29,4 +30,5 @@ __all__ = [
     "agg_loss", "chord_mu", "entropy_for_weights", "group_advantages", "grpo_loss", "kl_full", "kl_k3",
     "offpolicy_loss", "phi_weight", "prob_weight", "rl_weight", "self_rollout_loss", "sft_loss", "sft_weight", "token_logprobs_and_entropy",
     "controller_update", "prefix_keep_mask", "weight_factor", "old_logprobs", "tis_weight",
+    "overlong_penalty",
 ]

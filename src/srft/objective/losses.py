@@ -86,6 +86,20 @@ def group_advantages(rewards_N: torch.Tensor, group_N: torch.Tensor, norm: str =
     return torch.where(same_G[group_N], torch.zeros_like(adv_N), adv_N)
 
 
+def overlong_penalty(lengths_N: torch.Tensor, max_len: int, buffer: float, factor: float = 1.0) -> torch.Tensor:
+    """DAPO's soft overlong punishment, added to each own rollout's reward.
+
+    lengths_N: [N] response lengths in tokens; max_len: the response limit; buffer: the last
+    fraction of max_len over which the penalty grows. With B = round(buffer * max_len), a
+    response no longer than max_len - B gets 0, one at the limit -factor, linear in between.
+    """
+    width = round(buffer * max_len)
+    if width <= 0 or factor == 0:
+        return torch.zeros(lengths_N.shape, dtype=torch.float32)
+    over_N = (lengths_N.float() - (max_len - width)) / width
+    return -factor * over_N.clamp(0.0, 1.0)
+
+
 # --------------------------------------------------------------------------- log-probs and entropy
 
 

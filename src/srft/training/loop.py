@@ -93,6 +93,7 @@ from srft.objective import (
     grpo_loss,
     kl_full,
     old_logprobs,
+    overlong_penalty,
     reduce_terms,
     token_logprobs_and_entropy,
     token_losses,
@@ -231,6 +232,9 @@ def _train(cfg: Config, run_dir: Path | None, resume: bool, dist: Dist) -> Path:
     if cfg.optim.mini_batches > 1 and dist.enabled:
         raise ConfigError(f"optim.mini_batches={cfg.optim.mini_batches} runs in one process only so far (under "
                           f"torchrun the ranks' passes do not pair up yet); use optim.mini_batches=1 with torchrun")
+    if cfg.rollout.filter_groups and dist.enabled:
+        raise ConfigError("rollout.filter_groups=true runs in one process only so far (under torchrun the ranks "
+                          "would keep different numbers of groups); use rollout.filter_groups=false with torchrun")
     if cfg.model.shard_group_size and dist.world % cfg.model.shard_group_size:
         raise ConfigError(f"model.shard_group_size={cfg.model.shard_group_size} does not divide the {dist.world} "
                           f"ranks: make the number of processes a multiple of it (or 0 to shard over all ranks)")
@@ -563,10 +567,42 @@ def step_prompts(t: Trainer, step: int) -> list[Example]:
 
 
 def collect(t: Trainer, plan: StepPlan, pool: DemoPool, times: dict) -> StepBatch:
-    """Rollouts of the step's prompts, scored, with their demonstrations and group advantages."""
-    cfg, obj, dist = t.cfg, plan.objective, t.dist
+    """The step's batch: its prompts' rollouts (with ``rollout.filter_groups``, only the
+    prompts whose rollouts disagree, drawn over up to ``filter_rounds`` rounds)."""
+    cfg = t.cfg
     idx = plan.idx if plan.idx is not None else prompts_for_step(len(t.train_set), plan.step,
                                                                  cfg.rollout.prompts_per_step, cfg.run.seed)
+    if not cfg.rollout.filter_groups:
+        return collect_groups(t, plan, pool, times, idx)
+    want, kept, seen, parts = cfg.rollout.prompts_per_step, [], set(), []
+    for r in range(cfg.rollout.filter_rounds):
+        if r:  # a further draw: the step's slice of another permutation of the train set
+            idx = [i for i in prompts_for_step(len(t.train_set), plan.step, want, cfg.run.seed + 7919 * r)
+                   if i not in seen]
+            if not idx:
+                continue
+        seen.update(idx)
+        part = collect_groups(t, plan, pool, times, idx)
+        parts.append(part)
+        mixed = [g for g, ok in enumerate(part.plain_ok) if 0 < sum(ok) < len(ok)]
+        kept.append(part.select_groups(mixed[:want - sum(len(k.idx) for k in kept)]))
+        if sum(len(k.idx) for k in kept) >= want:
+            break
+    found = [k for k in kept if k.idx]
+    # every draw's rollouts were generated: gen_tokens (and so the throughput and compare's
+    # tokens per run) counts them all; the accuracy of all drawn rollouts, as rollout_acc is
+    # over the kept, mixed groups only
+    drawn_ok = [ok for part in parts for g in part.plain_ok for ok in g]
+    plan.record.update(filter_drawn=len(seen), filter_kept=sum(len(k.idx) for k in found),
+                       gen_tokens=sum(part.gen_tokens for part in parts),
+                       filter_drawn_acc=sum(drawn_ok) / max(len(drawn_ok), 1))
+    # no prompt with mixed rewards at all: the first draw as it is (its advantages are all 0)
+    return StepBatch.concat(found) if found else parts[0]
+
+
+def collect_groups(t: Trainer, plan: StepPlan, pool: DemoPool, times: dict, idx: list[int]) -> StepBatch:
+    """Rollouts of the prompts ``idx``, scored, with their demonstrations and group advantages."""
+    cfg, obj, dist = t.cfg, plan.objective, t.dist
     seeds = sampling_seeds(cfg, plan.step, idx, dist)
     if dist.enabled:  # this rank's prompts: whole groups
         idx, seeds = dist.share(idx), dist.share(seeds)
@@ -605,13 +641,18 @@ def collect(t: Trainer, plan: StepPlan, pool: DemoPool, times: dict) -> StepBatc
             for g, (i, p_ids) in enumerate(zip(idx, prompt_ids)):
                 d_ids, where = pick_demo(obj.demo_source, expert_ids[g], pool.get(i), obj.bootstrap_fallback)
                 batch.demo_from[where] += 1
+                batch.demo_src.append(where)
                 if d_ids is not None:
                     demos.append((g, p_ids, d_ids))
         demo_scores = verify_all(t.task, [decode(d) for _, _, d in demos],
                                  [examples[g].answer for g, _, _ in demos]) if demos else []
     for g, p_ids, d_ids in demos:
         batch.add(p_ids, d_ids, g, examples[g].answer, is_demo=True)
-    batch.finish(list(scores) + list(demo_scores), obj.adv_norm, obj.adv_eps, obj.adv_group)
+    shaping_N = None
+    if obj.overlong_buffer > 0:  # own rollouts only; a demonstration is never penalised
+        shaping_N = overlong_penalty(torch.tensor(batch.lengths), cfg.data.max_response_tokens,
+                                     obj.overlong_buffer, obj.overlong_penalty) * (~batch.is_demo_N)
+    batch.finish(list(scores) + list(demo_scores), obj.adv_norm, obj.adv_eps, obj.adv_group, shaping_N)
     return batch
 
 
@@ -844,7 +885,7 @@ def make_record(t: Trainer, batch: StepBatch, stats: dict, plan: StepPlan, pool:
     r_plain = torch.tensor(batch.plain_ok, dtype=torch.float32) if n_plain else torch.zeros(n_examples, 0)  # [P, G]
     solved_P = r_plain.max(dim=1).values > 0 if n_plain else torch.zeros(n_examples, dtype=torch.bool)
     lengths, is_demo = batch.lengths, batch.is_demo
-    gen_tokens = sum(n - p for n, p, d in zip(lengths, batch.prefix_len, is_demo) if not d)
+    gen_tokens = plan.record.get("gen_tokens", batch.gen_tokens)  # dynamic sampling: every draw's
     n_roll = int((~is_demo_N).sum())
     sums = {f"loss_{n}": stats[f"loss_{n}"] for n in TERMS}
     tok_demo, tok_roll = stats["tok_demo"], stats["tok_roll"]

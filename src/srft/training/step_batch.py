@@ -33,6 +33,7 @@ class StepBatch:
     rollout_logprobs: list[list[float] | None] = field(default_factory=list)
     plain_ok: list[list[bool]] = field(default_factory=list)  # [P][n_plain]: plain rollouts judged correct
     demo_from: dict = field(default_factory=lambda: {"expert": 0, "self": 0, "none": 0})
+    demo_src: list[str] = field(default_factory=list)  # [P] where each prompt's demonstration came from
     scores: list[Score] = field(default_factory=list)
     rewards_N: torch.Tensor | None = None
     correct_N: torch.Tensor | None = None
@@ -47,15 +48,18 @@ class StepBatch:
         self.answers.append(answer)
         self.rollout_logprobs.append(logprobs)
 
-    def finish(self, scores: list[Score], adv_norm: str, adv_eps: float, adv_group: str = "all") -> None:
+    def finish(self, scores: list[Score], adv_norm: str, adv_eps: float, adv_group: str = "all",
+               shaping_N: torch.Tensor | None = None) -> None:
         """Attach the verifier's scores (in sequence order) and compute rewards and group advantages.
 
-        adv_group=rollouts: the demonstrations stay out of their groups' statistics and get advantage 0."""
+        adv_group=rollouts: the demonstrations stay out of their groups' statistics and get advantage 0.
+        shaping_N: added to the rewards (DAPO's overlong penalty); ``correct_N`` is the verifier's alone."""
         if len(scores) != len(self.seqs):
             raise ValueError(f"{len(scores)} scores for {len(self.seqs)} sequences")
         self.scores = list(scores)
-        self.rewards_N = torch.tensor([s.reward for s in scores], dtype=torch.float32)
-        self.correct_N = self.rewards_N > 0
+        verdict_N = torch.tensor([s.reward for s in scores], dtype=torch.float32)
+        self.correct_N = verdict_N > 0
+        self.rewards_N = verdict_N if shaping_N is None else verdict_N + shaping_N.float()
         if adv_group == "all":
             self.adv_N = group_advantages(self.rewards_N, self.group_N, adv_norm, adv_eps)
         elif adv_group == "rollouts":
@@ -65,6 +69,27 @@ class StepBatch:
                 self.adv_N[keep_N] = group_advantages(self.rewards_N[keep_N], self.group_N[keep_N], adv_norm, adv_eps)
         else:
             raise ValueError(f"adv_group must be all or rollouts, got {adv_group!r}")
+
+    def select_groups(self, groups: list[int]) -> "StepBatch":
+        """The finished batch of the prompts ``groups`` only (renumbered 0..), advantages kept."""
+        # the batch's order: rollouts group by group (in the order of ``groups``), then demonstrations
+        keep = [i for demos in (False, True) for g in groups
+                for i, (gi, d) in enumerate(zip(self.group, self.is_demo)) if gi == g and d == demos]
+        new_id = {g: k for k, g in enumerate(groups)}
+        out = StepBatch(idx=[self.idx[g] for g in groups], n_plain=self.n_plain, n_prefixed=self.n_prefixed)
+        out.seqs = [self.seqs[i] for i in keep]
+        out.group = [new_id[self.group[i]] for i in keep]
+        out.is_demo = [self.is_demo[i] for i in keep]
+        out.prefix_len = [self.prefix_len[i] for i in keep]
+        out.answers = [self.answers[i] for i in keep]
+        out.rollout_logprobs = [self.rollout_logprobs[i] for i in keep]
+        out.plain_ok = [self.plain_ok[g] for g in groups]
+        out.scores = [self.scores[i] for i in keep]
+        out.demo_src = [self.demo_src[g] for g in groups] if self.demo_src else []
+        out.demo_from = {k: out.demo_src.count(k) for k in self.demo_from}
+        ids = torch.tensor(keep, dtype=torch.long)
+        out.rewards_N, out.correct_N, out.adv_N = self.rewards_N[ids], self.correct_N[ids], self.adv_N[ids]
+        return out
 
     @classmethod
     def concat(cls, parts: list["StepBatch"]) -> "StepBatch":
@@ -80,6 +105,7 @@ class StepBatch:
             out.answers += p.answers
             out.rollout_logprobs += p.rollout_logprobs
             out.plain_ok += p.plain_ok
+            out.demo_src += p.demo_src
             out.scores += p.scores
             for k, v in p.demo_from.items():
                 out.demo_from[k] += v
@@ -108,6 +134,11 @@ class StepBatch:
     @property
     def lengths(self) -> list[int]:
         return [len(r) for _, r in self.seqs]
+
+    @property
+    def gen_tokens(self) -> int:
+        """Tokens the engine generated for this batch: own rollouts, less any demonstration prefix."""
+        return sum(len(r) - p for (_, r), p, d in zip(self.seqs, self.prefix_len, self.is_demo) if not d)
 
     @property
     def is_demo_N(self) -> torch.Tensor:

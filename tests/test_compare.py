@@ -39,7 +39,7 @@ def write_suite(tmp_path: Path, data: dict, name: str = "suite.yaml") -> Path:
 
 
 def test_builtin_suites_load_and_their_runs_validate():
-    assert {"quick", "entropy", "bootstrap", "weak-long", "carry", "unseen"} <= set(list_suites())
+    assert {"quick", "entropy", "bootstrap", "weak-long", "carry", "unseen", "default"} <= set(list_suites())
     quick = load_suite("quick")
     assert [m.name for m in quick.methods] == [
         "sft", "dft", "asft", "grpo", "dr-grpo", "dapo", "sft-then-grpo", "luffy", "chord", "relift", "prefix-rft", "sasr",
@@ -83,7 +83,7 @@ def test_suite_errors_name_the_key_the_valid_keys_and_the_file(tmp_path, change,
 
 
 def test_unknown_suite_lists_the_builtin_ones():
-    with pytest.raises(SuiteError, match="unknown suite 'nope'; built-in suites: bootstrap, carry, entropy"):
+    with pytest.raises(SuiteError, match="unknown suite 'nope'; built-in suites: bootstrap, carry, default, entropy"):
         load_suite("nope")
 
 

@@ -229,9 +229,6 @@ def _train(cfg: Config, run_dir: Path | None, resume: bool, dist: Dist) -> Path:
     if cfg.objective.relift_buffer % dist.world:
         raise ConfigError(f"objective.relift_buffer={cfg.objective.relift_buffer} does not split over {dist.world} "
                           f"ranks: make it a multiple of the number of processes")
-    if cfg.optim.mini_batches > 1 and dist.enabled:
-        raise ConfigError(f"optim.mini_batches={cfg.optim.mini_batches} runs in one process only so far (under "
-                          f"torchrun the ranks' passes do not pair up yet); use optim.mini_batches=1 with torchrun")
     if cfg.rollout.filter_groups and dist.enabled:
         raise ConfigError("rollout.filter_groups=true runs in one process only so far (under torchrun the ranks "
                           "would keep different numbers of groups); use rollout.filter_groups=false with torchrun")
@@ -774,9 +771,12 @@ def mini_batch_update(t: Trainer, batch: StepBatch, ids: list[int], plan: StepPl
     with timed("forward_backward", times):
         order = sorted(ids, key=lambda i: lengths[i])  # similar lengths share a micro-batch
         chunks = [order[start:start + cfg.optim.micro_batch] for start in range(0, len(order), cfg.optim.micro_batch)]
+        # FSDP: as many passes as the busiest rank, agreed before any pass (a rank with none of a
+        # mini-batch's groups would otherwise wait in this collective while the others gather weights)
+        n_passes = dist.max(len(chunks))
         for chunk in chunks:
             micro_batch_step(t, batch, chunk, plan, counts, stats, old=old)
-        for _ in range(dist.max(len(chunks)) - len(chunks)):  # FSDP: as many passes as the busiest rank
+        for _ in range(n_passes - len(chunks)):
             micro_batch_step(t, batch, [0], plan, counts, stats, weight=0.0, old=old)
     stats = dist.sum(stats)
     with timed("optimizer", times):

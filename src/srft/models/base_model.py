@@ -364,7 +364,7 @@ def load_base_model(path):
 
 # The recipes that ship (task, pre-training steps; seed 0): the default base model, the weak
 # one of the comparison suites (model.base_steps=600) and the carry suite's.
-SHIPPED = (("addition", 1000), ("addition", 600), ("addition-carry", 1000))
+SHIPPED = (("addition", 1000), ("addition", 600), ("addition-carry", 1000), ("expression", 1000))
 
 
 def weights_digest(path: Path) -> str:

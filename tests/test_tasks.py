@@ -269,6 +269,31 @@ def test_carry_task_shifts_in_kind_not_length():
     assert not any(has_carry_chain(*_operands(d.split("=")[0] + "=")) for d in docs)
 
 
+def test_taught_carry_task_shows_chains_in_training_only():
+    from srft.tasks import base_model_task
+    from srft.tasks.carry import CarryChainTask, TaughtCarryTask, has_carry_chain
+
+    task, plain = TaughtCarryTask(), CarryChainTask()
+    train = task.generate("train", 1000, 0)
+    chained = [has_carry_chain(*_operands(r["prompt"])) for r in train]
+    assert 0.15 < sum(chained) / len(chained) < 0.25  # chain_fraction 0.2
+    # a chained training problem carries the missing step in its demonstration: a column x+y+1=1d
+    r = next(r for r, c in zip(train, chained) if c)
+    assert any("+1=1" in step for step in r["demonstration"].split(" "))
+    # the test splits are addition-carry's, problem for problem, and never among the training ones
+    for split in ("test_id", "test_ood"):
+        assert task.generate(split, 64, 0) == plain.generate(split, 64, 0)
+    held = {r["prompt"] for split in ("test_id", "test_ood") for r in task.generate(split, 300, 0)}
+    assert not held & {r["prompt"] for r in train}
+    # no chain at all with chain_fraction 0; its base model is addition-carry's
+    assert not any(has_carry_chain(*_operands(r["prompt"]))
+                   for r in TaughtCarryTask(chain_fraction=0.0).generate("train", 300, 0))
+    assert base_model_task("addition-carry-taught") == "addition-carry"
+    assert base_model_task("addition-carry-taught", "addition") == "addition"
+    with pytest.raises(ValueError, match="chain_fraction"):
+        TaughtCarryTask(chain_fraction=1.5)
+
+
 def test_addition_pretraining_text_unchanged():
     # The pre-training hook the carry task overrides must not move the addition task's random
     # stream: the shipped base model is named by a recipe that assumes this exact text.

@@ -46,7 +46,9 @@ def resolve_model_path(cfg: ModelConfig, task_name: str, progress: bool = True) 
         from srft.tasks import base_model_task
 
         base_task = base_model_task(task_name, cfg.base_task)
-        if base_task != task_name and cfg.base_task is None:
+        from srft.tasks import TASKS
+
+        if base_task != task_name and cfg.base_task is None and task_name not in TASKS:
             print(f"note: model.path is null and task '{task_name}' has no built-in base model of its own: "
                   f"using the built-in '{base_task}' base model (set model.path=DIR to train another model)",
                   file=sys.stderr)

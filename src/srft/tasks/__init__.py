@@ -23,7 +23,7 @@ from pathlib import Path
 from srft.scoring import Score
 from srft.tasks.addition import AdditionTask
 from srft.tasks.base import SPLITS, Task
-from srft.tasks.carry import CarryChainTask
+from srft.tasks.carry import CarryChainTask, TaughtCarryTask
 from srft.tasks.expression import ExpressionTask
 from srft.tasks.files import FileTask
 
@@ -31,11 +31,12 @@ TASKS: dict[str, type] = {
     AdditionTask.name: AdditionTask,
     ExpressionTask.name: ExpressionTask,
     CarryChainTask.name: CarryChainTask,
+    TaughtCarryTask.name: TaughtCarryTask,
 }
 DEFAULT_TASK = "addition"
 
 __all__ = ["TASKS", "DEFAULT_TASK", "base_model_task", "SPLITS", "Score", "Task", "TaskError", "get_task", "make_task",
-           "AdditionTask", "CarryChainTask", "ExpressionTask", "FileTask"]
+           "AdditionTask", "CarryChainTask", "ExpressionTask", "FileTask", "TaughtCarryTask"]
 
 
 class TaskError(ValueError):
@@ -52,7 +53,9 @@ def base_model_task(task: str, base_task: str | None = None) -> str:
     """
     if base_task is not None:
         return base_task
-    return task if task in TASKS or ":" in task else DEFAULT_TASK
+    if task in TASKS:  # a built-in task may share another's base model (TaughtCarryTask)
+        return getattr(TASKS[task], "base_task", task)
+    return task if ":" in task else DEFAULT_TASK
 
 
 def get_task(spec: str, **kwargs) -> Task:

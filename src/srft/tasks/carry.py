@@ -35,7 +35,8 @@ class CarryChainTask(AdditionTask):
         return has_carry_chain(a, b) == (split == "test_ood")
 
     def generate(self, split: str, n: int, seed: int) -> list[dict]:
-        rng = split_rng(self.name, split, seed)
+        # the test splits are addition-carry's in every variant, so that their figures compare
+        rng = split_rng(CarryChainTask.name if split != "train" else self.name, split, seed)
         heldout = split != "train"
 
         def draw(r: random.Random):
@@ -52,3 +53,39 @@ class CarryChainTask(AdditionTask):
             item = self._draw(rng, digits)
             if not has_carry_chain(item[1], item[2]):
                 return item
+
+
+class TaughtCarryTask(CarryChainTask):
+    """``addition-carry`` whose ``train`` split also holds carry-chain problems (a fraction
+    ``chain_fraction`` of it, 0.2 by default), each with its worked demonstration.
+
+    The base model is ``addition-carry``'s, pre-trained on chain-free text: it solves about 1% of
+    the chained ``test_ood`` problems. Training prompts with a chain show the missing step in
+    their demonstrations, while the model's own rollouts on them are almost always wrong; so this
+    is the regime where demonstrations carry what the model cannot find alone, and ``test_ood``
+    (every problem chained) measures whether a method picks it up. ``test_id`` stays chain-free.
+    """
+
+    name = "addition-carry-taught"
+    base_task = CarryChainTask.name  # the same chain-free pre-training text: share its base model
+
+    def __init__(self, chain_fraction: float = 0.2, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= chain_fraction <= 1.0:
+            raise ValueError(f"chain_fraction must be in [0, 1], got {chain_fraction}")
+        self.chain_fraction = chain_fraction
+
+    def generate(self, split: str, n: int, seed: int) -> list[dict]:
+        if split != "train":
+            return super().generate(split, n, seed)
+        rng = split_rng(self.name, split, seed)
+
+        def draw(r: random.Random):
+            chained = r.random() < self.chain_fraction
+            while True:
+                item = self._draw(r, self.digits)
+                if has_carry_chain(item[1], item[2]) == chained:
+                    return item
+
+        items = sample_unique(rng, n, draw, lambda key: not is_heldout(key, self.heldout_fraction))
+        return [{"prompt": p, "answer": str(a + b), "demonstration": self.solve(a, b)} for p, a, b in items]

@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 study=${1:-runs/study}; shift || true
-suites=("$@"); [ ${#suites[@]} -gt 0 ] || suites=(default carry unseen expression entropy-long bootstrap-long)
+suites=("$@"); [ ${#suites[@]} -gt 0 ] || suites=(default carry carry-taught unseen expression entropy-long bootstrap-long)
 for suite in "${suites[@]}"; do
   out="$study/$suite"
   if [ "$suite" = bootstrap-long ] && [ -d "$study/entropy-long/strong" ]; then

@@ -40,7 +40,6 @@ def _batch(groups: list[list[float]], demo_rewards: list[float] | None = None) -
     for g, r in enumerate(demo_rewards or []):
         b.add([7], [g, 9, 9], g, "1", is_demo=True)
         b.demo_src.append("expert")
-        b.demo_from["expert"] += 1
         scores.append(_score(r))
     return b, scores
 

@@ -43,11 +43,9 @@ def resolve_model_path(cfg: ModelConfig, task_name: str, progress: bool = True) 
     """The directory to load: ``cfg.path``, or the built-in base model (built if missing)."""
     if cfg.path is None:
         from srft.models import base_model
-        from srft.tasks import base_model_task
+        from srft.tasks import TASKS, base_model_task
 
         base_task = base_model_task(task_name, cfg.base_task)
-        from srft.tasks import TASKS
-
         if base_task != task_name and cfg.base_task is None and task_name not in TASKS:
             print(f"note: model.path is null and task '{task_name}' has no built-in base model of its own: "
                   f"using the built-in '{base_task}' base model (set model.path=DIR to train another model)",

@@ -31,8 +31,9 @@ class CarryChainTask(AdditionTask):
     def __init__(self, digits: tuple[int, int] = (2, 3), heldout_fraction: float = 0.1, style: str = "explicit"):
         super().__init__(digits=digits, ood_digits=digits, heldout_fraction=heldout_fraction, style=style)
 
-    def _in_split(self, a: int, b: int, split: str) -> bool:
-        return has_carry_chain(a, b) == (split == "test_ood")
+    def _chained(self, split: str, rng: random.Random) -> bool:
+        """Whether the next problem drawn for ``split`` has a carry chain."""
+        return split == "test_ood"
 
     def generate(self, split: str, n: int, seed: int) -> list[dict]:
         # the test splits are addition-carry's in every variant, so that their figures compare
@@ -40,9 +41,10 @@ class CarryChainTask(AdditionTask):
         heldout = split != "train"
 
         def draw(r: random.Random):
+            chained = self._chained(split, r)
             while True:
                 item = self._draw(r, self.digits)
-                if self._in_split(item[1], item[2], split):
+                if has_carry_chain(item[1], item[2]) == chained:
                     return item
 
         items = sample_unique(rng, n, draw, lambda key: is_heldout(key, self.heldout_fraction) == heldout)
@@ -75,17 +77,5 @@ class TaughtCarryTask(CarryChainTask):
             raise ValueError(f"chain_fraction must be in [0, 1], got {chain_fraction}")
         self.chain_fraction = chain_fraction
 
-    def generate(self, split: str, n: int, seed: int) -> list[dict]:
-        if split != "train":
-            return super().generate(split, n, seed)
-        rng = split_rng(self.name, split, seed)
-
-        def draw(r: random.Random):
-            chained = r.random() < self.chain_fraction
-            while True:
-                item = self._draw(r, self.digits)
-                if has_carry_chain(item[1], item[2]) == chained:
-                    return item
-
-        items = sample_unique(rng, n, draw, lambda key: not is_heldout(key, self.heldout_fraction))
-        return [{"prompt": p, "answer": str(a + b), "demonstration": self.solve(a, b)} for p, a, b in items]
+    def _chained(self, split: str, rng: random.Random) -> bool:
+        return rng.random() < self.chain_fraction if split == "train" else split == "test_ood"

@@ -571,7 +571,7 @@ def collect(t: Trainer, plan: StepPlan, pool: DemoPool, times: dict) -> StepBatc
                                                                  cfg.rollout.prompts_per_step, cfg.run.seed)
     if not cfg.rollout.filter_groups:
         return collect_groups(t, plan, pool, times, idx)
-    want, kept, seen, parts = cfg.rollout.prompts_per_step, [], set(), []
+    want, kept, seen, parts, n_kept = cfg.rollout.prompts_per_step, [], set(), [], 0
     for r in range(cfg.rollout.filter_rounds):
         if r:  # a further draw: the step's slice of another permutation of the train set
             idx = [i for i in prompts_for_step(len(t.train_set), plan.step, want, cfg.run.seed + 7919 * r)
@@ -581,20 +581,21 @@ def collect(t: Trainer, plan: StepPlan, pool: DemoPool, times: dict) -> StepBatc
         seen.update(idx)
         part = collect_groups(t, plan, pool, times, idx)
         parts.append(part)
-        mixed = [g for g, ok in enumerate(part.plain_ok) if 0 < sum(ok) < len(ok)]
-        kept.append(part.select_groups(mixed[:want - sum(len(k.idx) for k in kept)]))
-        if sum(len(k.idx) for k in kept) >= want:
+        mixed = [g for g, ok in enumerate(part.plain_ok) if 0 < sum(ok) < len(ok)][:want - n_kept]
+        if mixed:
+            kept.append(part.select_groups(mixed))
+            n_kept += len(mixed)
+        if n_kept >= want:
             break
-    found = [k for k in kept if k.idx]
     # every draw's rollouts were generated: gen_tokens (and so the throughput and compare's
     # tokens per run) counts them all; the accuracy of all drawn rollouts, as rollout_acc is
     # over the kept, mixed groups only
     drawn_ok = [ok for part in parts for g in part.plain_ok for ok in g]
-    plan.record.update(filter_drawn=len(seen), filter_kept=sum(len(k.idx) for k in found),
+    plan.record.update(filter_drawn=len(seen), filter_kept=n_kept,
                        gen_tokens=sum(part.gen_tokens for part in parts),
                        filter_drawn_acc=sum(drawn_ok) / max(len(drawn_ok), 1))
     # no prompt with mixed rewards at all: the first draw as it is (its advantages are all 0)
-    return StepBatch.concat(found) if found else parts[0]
+    return StepBatch.concat(kept) if kept else parts[0]
 
 
 def collect_groups(t: Trainer, plan: StepPlan, pool: DemoPool, times: dict, idx: list[int]) -> StepBatch:
@@ -637,7 +638,6 @@ def collect_groups(t: Trainer, plan: StepPlan, pool: DemoPool, times: dict, idx:
         if obj.demonstrations:
             for g, (i, p_ids) in enumerate(zip(idx, prompt_ids)):
                 d_ids, where = pick_demo(obj.demo_source, expert_ids[g], pool.get(i), obj.bootstrap_fallback)
-                batch.demo_from[where] += 1
                 batch.demo_src.append(where)
                 if d_ids is not None:
                     demos.append((g, p_ids, d_ids))
@@ -906,8 +906,7 @@ def make_record(t: Trainer, batch: StepBatch, stats: dict, plan: StepPlan, pool:
         "demo_reward": float(rewards_N[is_demo_N].mean()) if is_demo_N.any() else None,
         "n_demos": int(is_demo_N.sum()),
         # where the step's demonstrations came from (objective.demo_source)
-        "demo_expert": batch.demo_from["expert"], "demo_self": batch.demo_from["self"],
-        "demo_none": batch.demo_from["none"],
+        **{f"demo_{k}": n for k, n in batch.demo_from.items()},
         "pool_size": len(pool),
         "entropy_rollout": stats["ent_roll"] / max(tok_roll, 1),
         "entropy_demo": stats["ent_demo"] / tok_demo if tok_demo else None,

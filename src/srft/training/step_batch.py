@@ -32,7 +32,6 @@ class StepBatch:
     # rollout-time log-probs of each response token from the engine (None: not given, demonstrations)
     rollout_logprobs: list[list[float] | None] = field(default_factory=list)
     plain_ok: list[list[bool]] = field(default_factory=list)  # [P][n_plain]: plain rollouts judged correct
-    demo_from: dict = field(default_factory=lambda: {"expert": 0, "self": 0, "none": 0})
     demo_src: list[str] = field(default_factory=list)  # [P] where each prompt's demonstration came from
     scores: list[Score] = field(default_factory=list)
     rewards_N: torch.Tensor | None = None
@@ -86,7 +85,6 @@ class StepBatch:
         out.plain_ok = [self.plain_ok[g] for g in groups]
         out.scores = [self.scores[i] for i in keep]
         out.demo_src = [self.demo_src[g] for g in groups] if self.demo_src else []
-        out.demo_from = {k: out.demo_src.count(k) for k in self.demo_from}
         ids = torch.tensor(keep, dtype=torch.long)
         out.rewards_N, out.correct_N, out.adv_N = self.rewards_N[ids], self.correct_N[ids], self.adv_N[ids]
         return out
@@ -107,8 +105,6 @@ class StepBatch:
             out.plain_ok += p.plain_ok
             out.demo_src += p.demo_src
             out.scores += p.scores
-            for k, v in p.demo_from.items():
-                out.demo_from[k] += v
             offset += len(p.idx)
         out.rewards_N = torch.cat([p.rewards_N for p in parts])
         out.correct_N = torch.cat([p.correct_N for p in parts])
@@ -134,6 +130,11 @@ class StepBatch:
     @property
     def lengths(self) -> list[int]:
         return [len(r) for _, r in self.seqs]
+
+    @property
+    def demo_from(self) -> dict[str, int]:
+        """How many of the prompts took their demonstration from each source (``demo_src`` counted)."""
+        return {k: self.demo_src.count(k) for k in ("expert", "self", "none")}
 
     @property
     def gen_tokens(self) -> int:

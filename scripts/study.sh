@@ -2,12 +2,12 @@
 # The study behind docs/findings.md: every suite it reports, one after another, 2 runs at a
 # time, then each suite's report (compare.md, compare.json, curves) and analysis copied into
 # docs/findings/SUITE/. Resumable: rerunning skips finished runs and continues stopped ones.
-# About 3 hours on 2 CPU cores; give a suite name (or several) to run only those.
+# About 4 hours on 2 CPU cores; give a suite name (or several) to run only those.
 #   bash scripts/study.sh [STUDY_DIR] [SUITE ...]      (STUDY_DIR default: runs/study)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 study=${1:-runs/study}; shift || true
-suites=("$@"); [ ${#suites[@]} -gt 0 ] || suites=(default carry carry-taught unseen expression entropy-long bootstrap-long)
+suites=("$@"); [ ${#suites[@]} -gt 0 ] || suites=(default carry carry-taught carry-taught-long unseen expression entropy-long bootstrap-long)
 for suite in "${suites[@]}"; do
   out="$study/$suite"
   if [ "$suite" = bootstrap-long ] && [ -d "$study/entropy-long/strong" ]; then

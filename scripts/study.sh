@@ -7,14 +7,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 study=${1:-runs/study}; shift || true
-suites=("$@"); [ ${#suites[@]} -gt 0 ] || suites=(default carry carry-taught carry-taught-long unseen expression entropy-long bootstrap-long)
+suites=("$@"); [ ${#suites[@]} -gt 0 ] || suites=(default carry carry-taught carry-taught-long unseen expression entropy-long bootstrap-long
+                                                 entropy-taught)
+# suites whose srft and grpo runs are another suite's (same configs): "suite=source/regime"
+shared=(bootstrap-long=entropy-long/strong entropy-taught=carry-taught-long/carry-taught)
 for suite in "${suites[@]}"; do
   out="$study/$suite"
-  if [ "$suite" = bootstrap-long ] && [ -d "$study/entropy-long/strong" ]; then
-    # its srft and grpo runs are entropy-long's (same configs): reuse the finished ones
-    mkdir -p "$out/strong"
-    for m in srft grpo; do [ -e "$out/strong/$m" ] || cp -a "$study/entropy-long/strong/$m" "$out/strong/$m"; done
-  fi
+  for pair in "${shared[@]}"; do
+    [ "${pair%%=*}" = "$suite" ] || continue
+    from="$study/${pair#*=}"; regime=${pair##*/}
+    [ -d "$from" ] || continue
+    mkdir -p "$out/$regime"   # reuse the finished ones; compare skips them
+    for m in srft grpo; do [ -e "$out/$regime/$m" ] || cp -a "$from/$m" "$out/$regime/$m"; done
+  done
   python -m srft compare "$suite" --out "$out" --jobs 2
   python -m srft analyze "$out" --out "$out/analysis"
   mkdir -p "docs/findings/$suite"

@@ -141,6 +141,21 @@ def test_moving_average_and_seed_band():
     assert entropy.method_curves({"m": [[{"step": 0, "entropy_demo": None}]]}, "entropy_demo") == {}
 
 
+def test_dynamics_table_first_and_last_steps():
+    # two seeds of 4 steps, n=2: seed A rollout_acc first (0+0.2)/2=0.1, last (0.4+0.6)/2=0.5;
+    # seed B first (0.2+0.4)/2=0.3, last (0.6+0.8)/2=0.7; over seeds 0.2 -> 0.6.
+    def run(accs, lens):
+        return [{"step": i, "rollout_acc": a, "response_len": n, "w_sft": None} for i, (a, n) in enumerate(zip(accs, lens))]
+    table = entropy.dynamics_table({
+        "m": [run([0.0, 0.2, 0.4, 0.6], [30, 30, 40, 40]), run([0.2, 0.4, 0.6, 0.8], [30, 30, 40, 40])],
+        "g": [[{"step": 0, "rollout_acc": 1.0}]],  # logs no response length: a dash there
+    }, n=2)
+    lines = table.splitlines()
+    assert lines[0] == "| method | rollout accuracy | response length |"  # no run logs w_sft: no column
+    assert lines[2] == "| m | 0.200 -> 0.600 | 30.0 -> 40.0 |"
+    assert lines[3] == "| g | 1.000 -> 1.000 | – |"
+
+
 # --------------------------------------------------------------------------- response set and scoring
 
 
@@ -232,6 +247,7 @@ def test_analyze_compare_dir_end_to_end(compare_dir, capsys):
         assert (out / name).stat().st_size > 0, name
     md = (out / "analysis.md").read_text()
     assert "### Token-probability shift" in md and "| sft | 2 |" in md and "| same | 1 |" in md
+    assert "| method | rollout accuracy |" in md  # the training-dynamics table
     assert "srft analyze" in md and "broken/seed0" in md  # the command, and the skipped run under Problems
 
     res = json.loads((out / "analysis.json").read_text())["regimes"]["reg"]

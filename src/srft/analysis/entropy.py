@@ -91,6 +91,31 @@ def markdown_table(records_by_method: dict[str, list[list[dict]]], n: int = 10) 
     return "\n".join(lines)
 
 
+# What else the loop logs that explains how a method moved: accuracy of its own rollouts, groups with
+# no correct rollout (nothing for a group advantage to reinforce; all pushed down by SRFT's +log pi
+# term), response length (imitating a longer style), SRFT's entropy-scaled weights.
+DYNAMICS = {"rollout_acc": "rollout accuracy", "frac_all_wrong": "all-wrong groups", "response_len": "response length",
+            "w_sft": "w_SFT", "w_rl": "w_RL"}
+
+
+def dynamics_table(records_by_method: dict[str, list[list[dict]]], n: int = 10) -> str:
+    """Method rows: each DYNAMICS key as "first -> last" (means over the first and last ``n`` logged steps of each
+    seed, then over seeds); a key no run of the table logs gets no column, a method that does not log it a dash."""
+    from srft.analysis.token_shift import mean_std
+
+    keys = [k for k in DYNAMICS if any(r.get(k) is not None for runs in records_by_method.values()
+                                       for records in runs for r in records)]
+    lines = ["| method | " + " | ".join(DYNAMICS[k] for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for method, records_by_seed in records_by_method.items():
+        cells = []
+        for key in keys:
+            first, last = first_last(records_by_seed, key, n)
+            digits = 1 if key == "response_len" else 3
+            cells.append(f"{mean_std(first)[0]:.{digits}f} -> {mean_std(last)[0]:.{digits}f}" if first else "–")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot_entropy(records_by_method: dict[str, list[list[dict]]], path: Path, title: str, colors: dict[str, str],
                  window: int | None = None) -> Path | None:
     """Rollout entropy per method (and demonstration entropy in a second panel where logged); None if no data."""

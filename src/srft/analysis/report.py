@@ -274,7 +274,11 @@ def entropy_section(regime: str, by_method: dict[str, list[Run]], out_dir: Path,
     lines = ["### Entropy dynamics", "",
              ("Mean token entropy (nats) logged by the training loop: over each step's rollouts, and over its "
              "demonstrations for the methods that train on them; mean ± std over seeds."), "",
-             entropy.markdown_table(records_by_method), ""]
+             entropy.markdown_table(records_by_method), "",
+             ("What else moved, from the same logs (mean over seeds of the first -> the last 10 steps): accuracy of "
+              "the step's own rollouts, the share of prompts none of whose rollouts is correct, response length in "
+              "tokens, and SRFT's entropy-scaled weights where logged."), "",
+             entropy.dynamics_table(records_by_method), ""]
     if png is not None:
         lines += [f"![entropy]({png.name})", "",
                   (f"*{png.name}*: from each run's metrics.jsonl, `entropy_rollout` (left) and `entropy_demo` (right, "

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,7 @@ def build(task: str, seed: int, out: Path, extra: list[str]) -> dict:
         cmd = [sys.executable, "-m", "srft", "build-base", "--rebuild", "--out", str(out),
                f"data.task={task}", f"model.base_seed={seed}", *extra]
         print("$", " ".join(cmd[1:]), flush=True)
-        subprocess.run(cmd, check=True, env={**os.environ, "TQDM_DISABLE": "1"})  # no progress bars
+        subprocess.run(cmd, check=True)
     data = json.loads(meta.read_text())
     row = {"final_loss": data["final_loss"], "build_seconds": data["build_seconds"]}
     row.update(data["accuracy"])

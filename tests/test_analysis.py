@@ -154,6 +154,10 @@ def test_dynamics_table_first_and_last_steps():
     assert lines[0] == "| method | rollout accuracy | response length |"  # no run logs w_sft: no column
     assert lines[2] == "| m | 0.200 -> 0.600 | 30.0 -> 40.0 |"
     assert lines[3] == "| g | 1.000 -> 1.000 | – |"
+    # a key logged only in the first steps (an SFT stage): no "last" value, not its last logged one
+    staged = [{"step": i, "w_sft": 1.0 if i < 2 else None, "rollout_acc": 0.5} for i in range(6)]
+    assert entropy.first_last([staged], "w_sft", n=2) == ([1.0], [])
+    assert "| s | 0.500 -> 0.500 | 1.000 -> – |" in entropy.dynamics_table({"s": [staged]}, n=2)
 
 
 # --------------------------------------------------------------------------- response set and scoring

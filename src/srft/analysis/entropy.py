@@ -65,13 +65,17 @@ def method_curves(records_by_method: dict[str, list[list[dict]]], key: str, wind
 
 
 def first_last(records_by_seed: list[list[dict]], key: str, n: int = 10) -> tuple[list[float], list[float]]:
-    """Per seed, the mean of ``key`` over its first and over its last ``n`` logged steps."""
+    """Per seed, the mean of ``key`` over the run's first and over its last ``n`` steps, where it is logged there.
+
+    The windows are the run's steps, not the key's: a key that stops being logged (the demonstration
+    terms after an SFT stage) has no "last" value, rather than its last logged one."""
     first, last = [], []
     for records in records_by_seed:
-        vals = [r[key] for r in sorted(records, key=lambda r: r.get("step", 0)) if r.get(key) is not None]
-        if vals:
-            first.append(sum(vals[:n]) / len(vals[:n]))
-            last.append(sum(vals[-n:]) / len(vals[-n:]))
+        steps = sorted(records, key=lambda r: r.get("step", 0))
+        for window, out in ((steps[:n], first), (steps[-n:], last)):
+            vals = [r[key] for r in window if r.get(key) is not None]
+            if vals:
+                out.append(sum(vals) / len(vals))
     return first, last
 
 
@@ -111,7 +115,8 @@ def dynamics_table(records_by_method: dict[str, list[list[dict]]], n: int = 10) 
         for key in keys:
             first, last = first_last(records_by_seed, key, n)
             digits = 1 if key == "response_len" else 3
-            cells.append(f"{mean_std(first)[0]:.{digits}f} -> {mean_std(last)[0]:.{digits}f}" if first else "–")
+            ends = [f"{mean_std(v)[0]:.{digits}f}" if v else "–" for v in (first, last)]
+            cells.append("–" if not (first or last) else " -> ".join(ends))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

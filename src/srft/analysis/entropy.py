@@ -103,8 +103,8 @@ DYNAMICS = {"rollout_acc": "rollout accuracy", "frac_all_wrong": "all-wrong grou
 
 
 def dynamics_table(records_by_method: dict[str, list[list[dict]]], n: int = 10) -> str:
-    """Method rows: each DYNAMICS key as "first -> last" (means over the first and last ``n`` logged steps of each
-    seed, then over seeds); a key no run of the table logs gets no column, a method that does not log it a dash."""
+    """Method rows: each DYNAMICS key as "first -> last" (:func:`first_last` of each seed, then the mean over seeds);
+    a key no run of the table logs gets no column, a window where a method does not log it a dash."""
     from srft.analysis.token_shift import mean_std
 
     keys = [k for k in DYNAMICS if any(r.get(k) is not None for runs in records_by_method.values()

@@ -92,7 +92,16 @@ class ModelConfig:
         "and runs the forward passes in this dtype (autocast in one process, FSDP2's MixedPrecisionPolicy under "
         "torchrun, gradients reduced in float32); the rollout engine and evaluation-only commands use it as well.")
     device: str = _f("auto", "'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'.")
-    gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass to save memory.")
+    gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass to save memory "
+                                             "(non-reentrant checkpointing, which FSDP2 needs).")
+    loss_chunk_tokens: int = _f(
+        1024, "The loss head computes log-probs and entropy from the last hidden states in chunks of this many "
+        "response tokens, in float32, recomputed in the backward pass: its memory is one chunk's [tokens, vocab] "
+        "whatever the sequence length. 0 = one chunk per micro-batch (the whole [tokens, vocab] at once).",
+        range='[0, inf)')
+    dist_timeout_minutes: float = _f(
+        120.0, "Under torchrun: how long a rank waits in a collective before the process group fails it "
+               "(NCCL's own default, 10 minutes, is shorter than one long generation).", range='(0, inf)')
     shard_group_size: int = _f(
         0, "Under torchrun: the ranks that share one copy of the weights. 0 = all of them (FSDP: weights, gradients "
         "and optimiser state sharded over every rank); N = hybrid sharding (HSDP): sharded within groups of N "
@@ -147,6 +156,17 @@ class RolloutConfig:
                                        "own sizing from vllm_gpu_memory_utilization on a GPU.", range='[0, inf)')
     vllm_gpu_memory_utilization: float = _f(0.3, "rollout.engine=vllm on a GPU: the share of device memory vLLM "
                                                  "may take (the rest is the trainer's).", range='(0, 1]')
+    vllm_enforce_eager: Optional[bool] = _f(
+        None, "rollout.engine=vllm: true = no CUDA graphs or compilation (fast start, slow decoding); null = eager "
+              "on a CPU, CUDA graphs on a GPU.")
+    vllm_max_num_batched_tokens: int = _f(
+        0, "rollout.engine=vllm: most tokens vLLM schedules in one forward pass (it also sizes vLLM's memory "
+           "profiling); 0 = the context length (data.max_prompt_tokens + data.max_response_tokens), at least 8192 "
+           "on a GPU.", range='[0, inf)')
+    vllm_sleep: bool = _f(
+        False, "rollout.engine=vllm on a GPU: put vLLM to sleep after each generation (its weights and KV cache "
+               "freed, level 2), so that training has that memory; before the next rollouts the weights wake, are "
+               "synced, then the KV cache wakes.")
     prompts_per_step: int = _f(16, "Prompts sampled per optimiser step.", range='(0, inf)')
     n: int = _f(8, "On-policy rollouts per prompt (G).", range='(0, inf)')
     temperature: float = _f(1.0, "Sampling temperature of the rollouts.", range='(0, inf)')
@@ -158,9 +178,11 @@ class RolloutConfig:
     filter_rounds: int = _f(3, "rollout.filter_groups: most draws of rollout.prompts_per_step prompts per step.",
                             range='(0, inf)')
     seeds: Literal["stream", "prompt"] = _f(
-        "stream", "Sampling randomness of the rollouts: stream (one random stream for the step's batch) or prompt "
-        "(each prompt's rollouts from a seed of run.seed, the step and the prompt: the same rollouts on any number "
-        "of ranks, so that a run resumed on another number of ranks continues as it would have).")
+        "stream", "Sampling randomness of the rollouts: stream (one random stream: torch's for rollout.engine=hf, "
+        "the engine's own, seeded once from run.seed and the rank, for vllm) or prompt (each prompt's rollouts from "
+        "a seed of run.seed, the step and the prompt: the same rollouts on any number of ranks, so that a run "
+        "resumed on another number of ranks continues as it would have; with vLLM on a GPU a per-request seed "
+        "takes vLLM's slower per-request sampling path).")
 
 
 @dataclass
@@ -280,10 +302,12 @@ class ObjectiveConfig:
     sasr_warmup_steps: float = _f(0, "SASR: steps of plain SFT, then each step is SFT with probability g/(g + g0) "
                                      "(g: this step's SFT gradient norm, g0: its warm-up mean), else RL; 0 = off. "
                                      + STEPS_OR_FRACTION, range='[0, inf)')
-    tis_cap: float = _f(0.0, "Truncated importance sampling against the engine/trainer mismatch (rollout.engine="
-                             "vllm): rollout tokens' policy terms are weighted by min(pi_trainer / pi_engine, cap), "
-                             "and the GRPO ratio's old log-probs are the trainer's; 0 = off, the GRPO ratio's old "
-                             "log-probs are then the engine's.", range='[0, inf)')
+    tis_cap: float = _f(2.0, "Truncated importance sampling against the engine/trainer mismatch (an engine with "
+                             "its own weights and log-probs, rollout.engine=vllm): rollout tokens' policy terms are "
+                             "weighted by min(pi_trainer / pi_engine, cap), and the GRPO ratio's old log-probs are "
+                             "the trainer's; 0 = off, the GRPO ratio's old log-probs are then the engine's, "
+                             "uncorrected. No effect with rollout.engine=hf (no engine log-probs).",
+                        range='[0, inf)')
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "token-sum-norm"] = _f(
         "token-sum-norm", "How per-token losses are reduced to a scalar.")
     term_norm: Literal["shared", "own"] = _f(

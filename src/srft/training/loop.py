@@ -91,18 +91,16 @@ from srft.objective import (
     TERMS,
     agg_loss,
     grpo_loss,
-    kl_full,
     old_logprobs,
     overlong_penalty,
     reduce_terms,
-    token_logprobs_and_entropy,
     token_losses,
 )
 from srft.rollout.engine import build_engine, generate_with_logprobs
 from srft.scoring import Score
 from srft.tasks import make_task
 from srft.tasks.base import verify_all  # a module global: tests patch it
-from srft.training.batching import pad_batch, response_logits, response_logprobs
+from srft.training.batching import pad_batch, response_logprobs, response_logprobs_and_kl
 from srft.training.bootstrap import FILE as BOOTSTRAP_FILE
 from srft.training.bootstrap import ensure_bootstrap
 from srft.training.checkpoint import (
@@ -746,7 +744,7 @@ def rollout_time_logprobs(t: Trainer, batch: StepBatch, plan: StepPlan, times: d
         chunks += [order[:1]] * (t.dist.max(len(chunks)) - len(chunks))  # FSDP: as many passes as the busiest rank
         for ids in chunks:
             mb = pad_batch([batch.seqs[i] for i in ids], t.tokenizer.pad_token_id, t.device)
-            own_BT, _ = response_logprobs(t.model, mb)
+            own_BT, _ = response_logprobs(t.model, mb, t.cfg.model.loss_chunk_tokens)
             engine_BT = batch.rollout_logprobs_BT(ids, own_BT.shape[1])
             old_BT = old_logprobs(own_BT, None if engine_BT is None else engine_BT.to(t.device),
                                   use_rollout=plan.objective.tis_cap <= 0)
@@ -823,17 +821,13 @@ def micro_batch_step(t: Trainer, batch: StepBatch, ids: list[int], plan: StepPla
     obj = plan.objective
     mb = pad_batch([batch.seqs[i] for i in ids], t.tokenizer.pad_token_id, t.device)
     mask_BT = mb["mask_BT"]
-    logits_BTV = response_logits(t.model, mb)
-    logp_BT, ent_BT = token_logprobs_and_entropy(logits_BTV, mb["tokens_BT"])
+    chunk = t.cfg.model.loss_chunk_tokens
     ref_BT = kl_BT = None
-    if t.ref_model is not None:
-        with torch.no_grad():
-            ref_logits_BTV = response_logits(t.ref_model, mb)
-        ref_BT, _ = token_logprobs_and_entropy(ref_logits_BTV, mb["tokens_BT"])
-        if obj.kl_estimator == "full":
-            kl_BT = kl_full(torch.log_softmax(logits_BTV.float(), -1), torch.log_softmax(ref_logits_BTV.float(), -1),
-                            obj.kl_direction)
-        del ref_logits_BTV
+    if t.ref_model is None:
+        logp_BT, ent_BT = response_logprobs(t.model, mb, chunk)
+    else:
+        logp_BT, ent_BT, ref_BT, kl_BT = response_logprobs_and_kl(
+            t.model, t.ref_model, mb, obj.kl_direction if obj.kl_estimator == "full" else None, chunk)
     demo_B = batch.is_demo_N[ids].to(t.device)
     rollout_BT = batch.rollout_logprobs_BT(ids, mask_BT.shape[1])
     rollout_BT = rollout_BT.to(t.device) if rollout_BT is not None else None
@@ -963,7 +957,7 @@ def sft_gradient_norm(t: Trainer, examples: list[Example]) -> float:
         weight = 1.0 if k < len(chunks) else 0.0
         batch = pad_batch(chunks[k] if k < len(chunks) else [(examples[0].prompt_ids, [examples[0].prompt_ids[-1]])],
                           t.tokenizer.pad_token_id, t.device)
-        logp_BT, _ = response_logprobs(model, batch)
+        logp_BT, _ = response_logprobs(model, batch, t.cfg.model.loss_chunk_tokens)
         (weight * agg_loss(-logp_BT, batch["mask_BT"], "token-mean", num_tokens=n_tokens)).backward()
     sq = sum(float((local_tensor(p.grad).float() ** 2).sum()) for p in model.parameters() if p.grad is not None)
     norm = math.sqrt(dist.sum({"sq": sq})["sq"])  # a shard's squares: summed over the ranks

@@ -112,6 +112,17 @@ def test_one_step_two_ranks_equal_one_rank(tmp_path, cache):
     assert two[0]["grad_norm"] == pytest.approx(one[0]["grad_norm"], rel=RTOL)
     assert_same_records(one, two)
     assert_same_weights(tmp_path / "one", tmp_path / "two")
+    # evaluation: each rank evaluated half of each split; the gathered figures are one process's
+    # (before training the weights are the same bit for bit, so the samples are too)
+    from srft import rundir
+
+    ev_one, ev_two = ([json.loads(x) for x in (run / rundir.EVAL_HISTORY).read_text().splitlines()]
+                      for run in (tmp_path / "one", tmp_path / "two"))
+    assert [e["step"] for e in ev_one] == [e["step"] for e in ev_two] == [0, 1]
+    for split in ("test_id", "test_ood"):
+        assert ev_two[0][split]["n_prompts"] == ev_one[0][split]["n_prompts"] == 8
+        for key in ("acc", "pass@4", "mean_len", "format_ok"):
+            assert ev_two[0][split][key] == ev_one[0][split][key], (split, key)
     # the weights moved: the comparison is not of two untouched copies
     from srft.models.base_model import ensure_base_model
 

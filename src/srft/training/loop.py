@@ -60,7 +60,8 @@ Departures from the paper (the objective's own are in ``srft.objective.losses``)
 Under torchrun (``srft.distributed``): each rank collects its share of the step's prompts
 (whole groups) and the update sums the ranks' shares of one global objective; the record,
 the demonstration pool and the methods' state are built from the gathered batch, the same on
-every rank; rank 0 evaluates and writes. ``objective.entropy_granularity=batch`` takes its
+every rank; every rank evaluates a slice of each test split (the figures gathered: those of
+one process, each prompt sampled from its own seed); rank 0 writes. ``objective.entropy_granularity=batch`` takes its
 mean over a micro-batch, which holds one rank's sequences only.
 """
 
@@ -176,12 +177,13 @@ def prompts_for_step(n_examples: int, step: int, per_step: int, seed: int) -> li
 # --------------------------------------------------------------------------- evaluation
 
 
-def evaluate_splits(engine, tokenizer, task, tests: dict[str, list[Example]], cfg: Config) -> dict:
-    # Evaluation samples from its own seeded random stream: it does not move the training's
-    # random state (so a resumed run matches an uninterrupted one whatever the evaluation
-    # schedule), and every evaluation of a run draws its samples the same way.
+def evaluate_splits(engine, tokenizer, task, tests: dict[str, list[Example]], cfg: Config, dist: Dist = SINGLE) -> dict:
+    # Evaluation samples each prompt from a seeded stream of its own: it does not move the
+    # training's random state (so a resumed run matches an uninterrupted one whatever the
+    # evaluation schedule), every evaluation of a run draws its samples the same way, and under
+    # torchrun each rank evaluates a slice of each split with the figures one process would get.
     return evaluate_test_splits(engine, tokenizer, task, tests, cfg.run.eval_k, cfg.run.eval_temperature,
-                                cfg.data.max_response_tokens, seed=cfg.run.seed + 1_000_003)
+                                cfg.data.max_response_tokens, seed=cfg.run.seed + 1_000_003, dist=dist)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -210,7 +212,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False) -> Pat
     """Train as ``cfg`` says; return the run directory. ``resume`` continues ``run_dir``'s checkpoint."""
     if cfg.model.threads > 0:
         torch.set_num_threads(cfg.model.threads)
-    dist = init_from_env(cfg.model.device)
+    dist = init_from_env(cfg.model.device, cfg.model.dist_timeout_minutes)
     try:
         out = _train(cfg, run_dir, resume, dist)
     except BaseException:
@@ -310,16 +312,15 @@ def run(t: Trainer, cfg: Config, tests: dict, run_dir: Path, model_path: Path, r
                         config=cfg.to_dict(), keep=cfg.run.keep_checkpoints, dist=dist,
                         sharded=use_shards(cfg.run.checkpoint_format, dist), sft_optimizer=t.sft_optimizer)
 
-    def evaluate(step: int) -> dict | None:
-        """Rank 0 evaluates with its own engine (full weights); the others wait."""
-        ev = None
+    def evaluate(step: int) -> dict:
+        """Every rank evaluates its slice of the test splits with its own engine; the figures are
+        gathered (no rank waits in a barrier through another's evaluation); rank 0 writes them."""
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            ev = evaluate_splits(engine, tokenizer, task, tests, cfg, dist)
         if dist.main:
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                ev = evaluate_splits(engine, tokenizer, task, tests, cfg)
             eval_log.append({"step": step, **ev, "t_eval": time.perf_counter() - t0})
             tracker.log_eval(ev, step)
-        dist.barrier()
         return ev
 
     start_step = 0
@@ -344,7 +345,7 @@ def run(t: Trainer, cfg: Config, tests: dict, run_dir: Path, model_path: Path, r
 
     if not resume:
         ev = evaluate(0)
-        if ev is not None:
+        if dist.main:
             say("before training: " + ", ".join(f"{s} acc {ev[s]['acc']:.3f}" for s in ev))
 
     # Ctrl-C or SIGTERM: finish the step in progress, save, and stop.
@@ -656,11 +657,13 @@ def sampling_seeds(cfg: Config, step: int, idx: list[int], dist: Dist) -> list[i
 
     ``rollout.seeds=prompt``: a function of (run.seed, step, prompt), so a prompt's rollouts
     are the same whatever the number of ranks and whatever else is in the batch. ``stream``:
-    drawn from torch's RNG, which every rank keeps equal (one process samples from the stream
-    itself, as it always has)."""
+    one process samples from torch's stream itself; under torchrun the vLLM engine samples from
+    its own stream (seeded once from run.seed and the rank: per-request seeds would send vLLM's
+    GPU sampler down its slower per-request path), while the HF engine gets seeds drawn from
+    torch's RNG, which every rank keeps equal (else every rank would draw the same noise)."""
     if cfg.rollout.seeds == "prompt":
         return [(cfg.run.seed * 1_000_003 + step) * 1_000_033 + i for i in idx]
-    if dist.enabled:
+    if dist.enabled and cfg.rollout.engine == "hf":
         return torch.randint(0, 2**62, (len(idx),)).tolist()
     return None
 
@@ -717,6 +720,8 @@ def update(t: Trainer, batch: StepBatch, plan: StepPlan, times: dict) -> dict:
             warnings.simplefilter("ignore", UserWarning)
             t.scheduler.step()  # the schedule follows the step count, skipped steps included
         if not all(p["skipped"] for p in parts):
+            # gradients go before the sync: an engine that gathers the weights needs that memory
+            t.optimizer.zero_grad(set_to_none=True)
             t.engine.sync_weights(t.model)
     return stats
 

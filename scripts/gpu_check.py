@@ -1,0 +1,657 @@
+"""A prepared, one-shot check of srft's GPU path (issue 21): run it once on a lent GPU, read one table.
+
+    bash scripts/gpu_check.sh OUT_DIR          # on a CUDA machine: at most 8 minutes (budget below)
+    bash scripts/gpu_check.sh --cpu OUT_DIR    # the same checks at small shapes on the CPU (CI; < 2 minutes)
+
+Checks (each in its own process, with its own time limit, so that one that fails, hangs or
+poisons its CUDA context does not stop the others):
+
+- ``srft_step``: one SRFT training step (demonstrations and rollouts, srft's preset objective,
+  ``pad_batch`` -> ``response_logprobs`` -> ``token_losses`` -> ``reduce_terms`` as the loop calls
+  them, gradient clipping, AdamW) on a tiny Qwen2 model, float32 master weights; CUDA against
+  the CPU. Tolerances: float32 CUDA vs float32 CPU agree to ``RTOL_FP32`` = 1e-4 relative (only
+  summation order differs; TF32 is off). bfloat16 keeps 8 significant bits: one rounding is
+  at most 2^-9 = 0.2% relative, and a forward and backward through a few layers add a few such
+  roundings, so bf16 autocast (CUDA or CPU) agrees with float32 CPU to ``RTOL_BF16`` = 2e-2
+  (about ten roundings) on the loss, the gradient norm and the loss after the update; a loss
+  that is a sum of terms of both signs is compared with an absolute floor of RTOL times the
+  sum of its terms' magnitudes. A real defect (a dropped mask, a wrong dtype, a term lost on
+  one device) moves these figures by far more.
+- ``train_memory``: peak GPU memory (``torch.cuda.max_memory_allocated``) and time of one training
+  micro-batch (forward + backward) of one sequence of 1,024 prompt + 8,192 response tokens on a
+  Qwen2.5-1.5B-shaped model with random weights: float32 master weights (and AdamW state, made
+  by a first step, so the figure is a steady-state step's) with bf16 autocast (srft's one-process
+  ``wrap_model``), non-reentrant gradient checkpointing, and srft's loss head
+  (``response_logprobs``, whatever it is at the time). ok: it fits ``FIT_GB``.
+- ``hf_generation``: tokens/s of srft's HF engine (``HFEngine``) sampling 8 x 256 new tokens from
+  that model (float32 weights + bf16 autocast, as a one-process run samples), and again with
+  the weights cast to bf16.
+- ``fsdp_torchrun``: ``torchrun --nproc_per_node 1`` runs this file's FSDP worker: an NCCL (gloo
+  on the CPU) process group, a tiny model sharded with srft's ``shard_model`` (what ``wrap_model``
+  calls under torchrun; with one rank ``wrap_model`` itself does not shard), one SRFT step; loss,
+  gradient norm and loss after the update equal the non-distributed step's (float32: 1e-4;
+  bf16: FSDP2 casts every parameter to bf16 where autocast keeps norms in float32, so 2e-2).
+- ``srft_train_torchrun``: ``torchrun --nproc_per_node 1 -m srft train`` for 2 steps with a tiny
+  random Llama and the built-in character tokenizer (bf16, gradient checkpointing, HF engine):
+  it exits 0 and every step's loss and gradient norm are finite. One rank runs srft's
+  one-process path (srft shards only with 2 or more ranks): this is the CLI end to end on CUDA.
+
+Budget (GPU mode): the checks' time limits add up to 445 s and the whole run stops starting
+checks after ``BUDGET_S`` = 450 s, so it ends within 8 minutes. Expected on an H100: ~2-3
+minutes (each process spends 5-15 s importing torch and starting CUDA).
+
+Needs only torch and transformers (which bring pyyaml, safetensors, tokenizers, numpy, tqdm);
+the srft modules imported here load nothing else (no vLLM, datasets, pyarrow, math-verify,
+matplotlib). Every model is built from a config with random weights: nothing is downloaded.
+Writes OUT_DIR/gpu_check.json ({"checks": [{"name", "ok", "seconds", ...figures}], "device",
+"torch", "transformers", "mode"}) and each check's log under OUT_DIR/logs/; exits 1 if a check failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+RTOL_FP32 = 1e-4
+RTOL_BF16 = 2e-2
+FIT_GB = 70.0  # of an H100's ~79 GiB: room for the CUDA context and the allocator's slack
+BUDGET_S = {"gpu": 450.0, "cpu": 110.0}
+CHILD_START_S = 12  # a check's own start (imports) and report, before and after a torchrun it waits for
+
+# name -> (GPU-mode limit, CPU-mode limit) in seconds
+LIMITS = {
+    "srft_step": (60, 40),
+    "train_memory": (120, 30),
+    "hf_generation": (90, 30),
+    "fsdp_torchrun": (75, 45),
+    "srft_train_torchrun": (100, 60),
+}
+
+# Shapes of each mode: the GPU mode's are the issue's; the CPU mode's keep the same code paths small.
+SHAPES = {
+    "gpu": dict(big="qwen2.5-1.5b", prompt_tokens=1024, response_tokens=8192, gen_prompts=8, gen_prompt_tokens=64,
+                gen_new_tokens=256),
+    "cpu": dict(big="tiny", prompt_tokens=32, response_tokens=128, gen_prompts=4, gen_prompt_tokens=8,
+                gen_new_tokens=16),
+}
+
+HERE = Path(__file__).resolve()
+
+# srft's dependencies that the GPU image may lack (it has torch and transformers, which bring pyyaml,
+# safetensors, tokenizers, numpy, tqdm): a check whose process imports one of them fails, so that
+# the --cpu mode (CI) finds such an import before the GPU session does.
+GPU_IMAGE_LACKS = ("datasets", "pyarrow", "pandas", "math_verify", "matplotlib", "peft", "vllm")
+
+
+# --------------------------------------------------------------------------- models and data
+
+
+def qwen_config(kind: str):
+    """A Qwen2 config: the 1.5B shape (Qwen2.5-1.5B's sizes, tied embeddings) or a tiny one."""
+    from transformers import Qwen2Config
+
+    if kind == "qwen2.5-1.5b":
+        return Qwen2Config(vocab_size=151936, hidden_size=1536, num_hidden_layers=28, num_attention_heads=12,
+                           num_key_value_heads=2, intermediate_size=8960, max_position_embeddings=32768,
+                           rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True, use_cache=False,
+                           bos_token_id=151643, eos_token_id=151643, pad_token_id=151643)
+    # a vocabulary of a few thousand so that the head's softmax is not trivial
+    return Qwen2Config(vocab_size=2048, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, intermediate_size=128, max_position_embeddings=4096,
+                       tie_word_embeddings=True, use_cache=False, bos_token_id=1, eos_token_id=1, pad_token_id=0)
+
+
+def build_model(kind: str, device, seed: int = 0):
+    """Random weights in float32 (the trainer's master weights), built on ``device``."""
+    import torch
+    from transformers import Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = Qwen2ForCausalLM(qwen_config(kind))
+    return model.float().train()
+
+
+class StepData:
+    """A step's sequences: demonstrations and own rollouts (correct and wrong) of one prompt group,
+    of unequal lengths (padding), with their advantages and the engine's log-probs of the rollouts."""
+
+    def __init__(self, vocab: int, pad_id: int, prompt_lens: list[int], response_lens: list[int],
+                 is_demo: list[bool], correct: list[bool], seed: int = 0):
+        import torch
+
+        from srft.objective import group_advantages
+
+        g = torch.Generator().manual_seed(seed)
+        self.pad_id = pad_id
+        self.seqs = [(torch.randint(2, vocab, (p,), generator=g).tolist(), torch.randint(2, vocab, (r,), generator=g).tolist())
+                     for p, r in zip(prompt_lens, response_lens)]
+        self.is_demo = torch.tensor(is_demo)
+        self.correct = torch.tensor(correct)
+        self.adv = group_advantages(self.correct.float(), torch.zeros(len(is_demo), dtype=torch.long))
+        self.rollout_logp: list[list[float] | None] = [None] * len(is_demo)
+
+    def set_rollout_logprobs(self, model, device) -> None:
+        """The 'engine's' log-probs of the rollouts: the starting model's, nudged (a sampler that
+        differs slightly from the trainer), so that the truncated IS weight is not 1 everywhere."""
+        import torch
+
+        from srft.training.batching import pad_batch, response_logprobs
+
+        with torch.no_grad():
+            mb = pad_batch(self.seqs, self.pad_id, device)
+            logp_BT, _ = response_logprobs(model, mb)
+        for b, (_, r) in enumerate(self.seqs):
+            if not bool(self.is_demo[b]):
+                nudge = torch.linspace(-0.3, 0.3, len(r))
+                self.rollout_logp[b] = (logp_BT[b, :len(r)].float().cpu() + nudge).tolist()
+
+    def counts(self, max_len: int) -> dict:
+        """agg_loss's counts, as the loop's step_counts makes them (the whole step is one micro-batch)."""
+        out = {}
+        for kind, keep in (("all", lambda d: True), ("demos", lambda d: d), ("rollouts", lambda d: not d)):
+            chosen = [len(r) for (_, r), d in zip(self.seqs, self.is_demo.tolist()) if keep(d)]
+            out[kind] = dict(num_tokens=float(sum(chosen)), num_seqs=float(len(chosen)), max_len=max_len)
+        return out
+
+
+def small_step_data(vocab: int, pad_id: int) -> StepData:
+    # 2 demonstrations, 2 correct and 2 wrong rollouts, every length different
+    return StepData(vocab, pad_id, prompt_lens=[7, 12, 5, 9, 11, 6], response_lens=[30, 18, 41, 12, 25, 36],
+                    is_demo=[True, True, False, False, False, False],
+                    correct=[True, True, True, True, False, False])
+
+
+def srft_objective():
+    from srft.config import load_config
+
+    return load_config("srft").objective
+
+
+def srft_loss(model, data: StepData, obj, device, max_len: int):
+    """The loss of one micro-batch holding the whole step, as ``loop.micro_batch_step`` computes it."""
+    import torch
+
+    from srft.objective import reduce_terms, token_losses
+    from srft.training.batching import pad_batch, response_logprobs
+
+    mb = pad_batch(data.seqs, data.pad_id, device)
+    mask_BT = mb["mask_BT"]
+    logp_BT, ent_BT = response_logprobs(model, mb)
+    rollout_BT = torch.full(mask_BT.shape, float("nan"))
+    for b, lp in enumerate(data.rollout_logp):
+        if lp is not None:
+            rollout_BT[b, :len(lp)] = torch.tensor(lp)
+    demo_B = data.is_demo.to(device)
+    terms, _ = token_losses(obj, logp_BT, ent_BT, mask_BT, demo_B, data.correct.to(device), data.adv.to(device),
+                            rollout_logp_BT=rollout_BT.to(device))
+    reduced = reduce_terms(obj, terms, mask_BT, demo_B, data.counts(max_len))
+    return sum(reduced.values()), reduced
+
+
+def train_step(model, data: StepData, obj, device, max_len: int, clip: float = 1.0, lr: float = 1e-3) -> dict:
+    """One optimiser step: forward, backward, clip, AdamW; then the loss of the updated model."""
+    import torch
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    opt.zero_grad(set_to_none=True)
+    loss, reduced = srft_loss(model, data, obj, device, max_len)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+    opt.step()
+    with torch.no_grad():
+        after, _ = srft_loss(model, data, obj, device, max_len)
+    return dict(loss=float(loss), grad_norm=grad_norm, loss_after=float(after),
+                scale=sum(abs(float(v)) for v in reduced.values()))
+
+
+def rel_diff(a: dict, ref: dict) -> float:
+    """Largest relative difference of loss, gradient norm and loss after the update; a loss is
+    measured against the magnitude of its terms (they may cancel)."""
+    worst = 0.0
+    for key in ("loss", "grad_norm", "loss_after"):
+        if not (math.isfinite(a[key]) and math.isfinite(ref[key])):
+            return math.inf
+        denom = abs(ref[key]) if key == "grad_norm" else max(abs(ref[key]), ref["scale"])
+        worst = max(worst, abs(a[key] - ref[key]) / max(denom, 1e-12))
+    return worst
+
+
+def autocast_copy(model, device, dtype: str):
+    """A copy of ``model`` on ``device`` as srft trains it in one process (``wrap_model``)."""
+    import copy
+
+    from srft.config import ModelConfig
+    from srft.models.loading import wrap_model
+
+    return wrap_model(copy.deepcopy(model).to(device), ModelConfig(dtype=dtype))
+
+
+def head_name() -> str:
+    """Which loss head ``response_logprobs`` is: its parameters beyond (model, batch) say whether it is chunked."""
+    import inspect
+
+    from srft.training.batching import response_logprobs
+
+    return "response_logprobs(" + ", ".join(inspect.signature(response_logprobs).parameters) + ")"
+
+
+# --------------------------------------------------------------------------- the checks
+
+
+def check_srft_step(mode: str) -> dict:
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False  # float32 on CUDA must be float32
+    torch.backends.cudnn.allow_tf32 = False
+    cfg = qwen_config("tiny")
+    model0 = build_model("tiny", "cpu")
+    data = small_step_data(cfg.vocab_size, cfg.pad_token_id)
+    data.set_rollout_logprobs(model0, "cpu")
+    obj, max_len = srft_objective(), 64
+    ref = train_step(autocast_copy(model0, "cpu", "float32"), data, obj, "cpu", max_len)
+    out = dict(loss=ref["loss"], grad_norm=ref["grad_norm"], loss_after=ref["loss_after"], rtol_bf16=RTOL_BF16,
+               rtol_fp32=RTOL_FP32)
+    variants = [("cpu", "bfloat16")]
+    if mode == "gpu":
+        variants += [("cuda", "float32"), ("cuda", "bfloat16")]
+    else:
+        out["skipped"] = "CUDA variants (no CUDA in --cpu mode)"
+    ok = all(math.isfinite(ref[k]) for k in ("loss", "grad_norm", "loss_after"))
+    for device, dtype in variants:
+        got = train_step(autocast_copy(model0, device, dtype), data, obj, device, max_len)
+        diff = rel_diff(got, ref)
+        tol = RTOL_FP32 if dtype == "float32" else RTOL_BF16
+        out[f"rel_{device}_{'fp32' if dtype == 'float32' else 'bf16'}"] = diff
+        ok = ok and diff <= tol
+    out["ok"] = ok
+    return out
+
+
+def check_train_memory(mode: str) -> dict:
+    import torch
+
+    shapes = SHAPES[mode]
+    device = "cuda" if mode == "gpu" else "cpu"
+    cfg = qwen_config(shapes["big"])
+    model = build_model(shapes["big"], device)
+    # as srft's loading enables it, with the non-reentrant variant FSDP2 needs (issue 21, item 10)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    from srft.config import ModelConfig
+    from srft.models.loading import wrap_model
+
+    model = wrap_model(model, ModelConfig(dtype="bfloat16"))
+    n_params = sum(p.numel() for p in model.parameters())
+    # one demonstration of the full length (SFT and off-policy terms)
+    data = StepData(cfg.vocab_size, cfg.pad_token_id, [shapes["prompt_tokens"]], [shapes["response_tokens"]],
+                    is_demo=[True], correct=[True])
+    obj, max_len = srft_objective(), shapes["response_tokens"]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
+
+    def fwd_bwd() -> tuple[float, float]:
+        sync(device)
+        t0 = time.perf_counter()
+        loss, _ = srft_loss(model, data, obj, device, max_len)
+        loss.backward()
+        sync(device)
+        return float(loss), time.perf_counter() - t0
+
+    _, first_s = fwd_bwd()  # the first pass also warms up the kernels
+    opt.step()  # AdamW's state now exists, as in every later step
+    opt.zero_grad(set_to_none=True)
+    out = dict(model=shapes["big"], params_b=n_params / 1e9, tokens=f"{shapes['prompt_tokens']}+{shapes['response_tokens']}",
+               weights="fp32 master + AdamW state, bf16 autocast", head=head_name(), first_s=first_s)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    loss, seconds = fwd_bwd()
+    out.update(loss=loss, fwd_bwd_s=seconds)
+    if device == "cuda":
+        peak = torch.cuda.max_memory_allocated()
+        out.update(peak_gb=peak / 1e9, above_state_gb=(peak - before) / 1e9, fit_gb=FIT_GB)
+        out["ok"] = math.isfinite(loss) and peak / 1e9 < FIT_GB
+    else:
+        import resource
+
+        out.update(skipped="CUDA memory (no CUDA in --cpu mode)",
+                   peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)
+        out["ok"] = math.isfinite(loss)
+    return out
+
+
+def check_hf_generation(mode: str) -> dict:
+    import torch
+
+    from srft.config import ModelConfig
+    from srft.models.loading import wrap_model
+    from srft.rollout.engine import HFEngine
+
+    shapes = SHAPES[mode]
+    device = "cuda" if mode == "gpu" else "cpu"
+    cfg = qwen_config(shapes["big"])
+    model = wrap_model(build_model(shapes["big"], device), ModelConfig(dtype="bfloat16"))
+    model.config.use_cache = True  # srft's loading sets it: generate uses the KV cache
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(2, cfg.vocab_size, (shapes["gen_prompt_tokens"],), generator=g).tolist()
+               for _ in range(shapes["gen_prompts"])]
+    out = dict(model=shapes["big"], prompts=len(prompts), new_tokens=shapes["gen_new_tokens"])
+    for label in ("fp32_autocast", "bf16_weights"):
+        if label == "bf16_weights":
+            model.to(torch.bfloat16)  # what a bf16 copy (an engine's own) would sample at
+        engine = HFEngine(model, cfg.pad_token_id, cfg.eos_token_id)
+        engine.generate(prompts[:1], n=1, max_new_tokens=4)  # warm-up
+        sync(device)
+        t0 = time.perf_counter()
+        responses = engine.generate(prompts, n=1, max_new_tokens=shapes["gen_new_tokens"], temperature=1.0)
+        sync(device)
+        seconds = time.perf_counter() - t0
+        tokens = sum(len(r) for rs in responses for r in rs)
+        out[f"tok_per_s_{label}"] = tokens / seconds
+        out[f"tokens_{label}"] = tokens
+    out["ok"] = out["tokens_fp32_autocast"] > 0 and out["tokens_bf16_weights"] > 0
+    return out
+
+
+def check_fsdp_torchrun(mode: str, out_dir: Path, limit: float) -> dict:
+    part = out_dir / "parts" / "fsdp_worker.json"
+    part.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", str(HERE),
+           "--fsdp-worker", *(["--cpu"] if mode == "cpu" else []), str(out_dir)]
+    run_torchrun(cmd, out_dir / "logs" / "fsdp_worker.log", limit - CHILD_START_S)
+    if not part.exists():
+        raise RuntimeError("the torchrun worker wrote no result (see logs/fsdp_worker.log)")
+    return json.loads(part.read_text())
+
+
+def fsdp_worker(mode: str, out_dir: Path) -> None:
+    """Under torchrun: one SRFT step of a model sharded as srft shards it, against the same step unsharded."""
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    from srft.distributed import Dist, shard_model
+    from srft.models.loading import DTYPES
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    use_cuda = mode == "gpu"
+    if use_cuda:
+        torch.cuda.set_device(local)
+    dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=3))
+    d = Dist(rank=rank, world=world, local_rank=local)
+    device = torch.device("cuda", local) if use_cuda else torch.device("cpu")
+    cfg = qwen_config("tiny")
+    model0 = build_model("tiny", "cpu")
+    data = small_step_data(cfg.vocab_size, cfg.pad_token_id)
+    data.set_rollout_logprobs(model0, "cpu")
+    obj, max_len = srft_objective(), 64
+    out = dict(backend=dist.get_backend(), world=world)
+    ok = True
+    try:
+        for dtype in ("float32", "bfloat16"):
+            ref = train_step(autocast_copy(model0, device, dtype), data, obj, device, max_len)
+            import copy
+
+            sharded = shard_model(copy.deepcopy(model0).to(device), DTYPES[dtype], d)
+            got = train_step(sharded, data, obj, device, max_len)
+            short = "fp32" if dtype == "float32" else "bf16"
+            diff = rel_diff(got, ref)
+            out[f"loss_{short}"] = got["loss"]
+            out[f"rel_{short}"] = diff
+            ok = ok and diff <= (RTOL_FP32 if dtype == "float32" else RTOL_BF16)
+        out["ok"] = ok
+    except Exception as e:  # recorded, then the group is left in order
+        out.update(ok=False, error=one_line(e))
+        traceback.print_exc()
+    if rank == 0:
+        write_json(out_dir / "parts" / "fsdp_worker.json", out)
+    dist.destroy_process_group()
+
+
+def write_tiny_llama(path: Path) -> Path:
+    """A random one-layer Llama with srft's character tokenizer (as the tests' conftest makes it)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from srft.models.tokenizer import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=4096,
+                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
+                         tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def check_srft_train_torchrun(mode: str, out_dir: Path, limit: float) -> dict:
+    import shutil
+
+    model_dir = write_tiny_llama(out_dir / "tiny_llama")
+    run_dir = out_dir / "train_run"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    args = ["train", "--preset", "srft", f"model.path={model_dir}", f"run.out_dir={run_dir}", "run.steps=2",
+            "rollout.prompts_per_step=2", "rollout.n=2", "data.test_size=2", "run.eval_k=1",
+            "data.max_response_tokens=24", "data.too_long=truncate", "run.eval_every=0", "run.progress=false", "run.plots=false",
+            "model.dtype=bfloat16", "model.gradient_checkpointing=true", "rollout.engine=hf",
+            f"model.device={'cuda' if mode == 'gpu' else 'cpu'}", f"model.base_cache_dir={out_dir / 'srft_cache'}"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "-m", "srft", *args]
+    run_torchrun(cmd, out_dir / "logs" / "srft_train.log", limit - CHILD_START_S)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    finite = all(isinstance(r.get(k), (int, float)) and math.isfinite(r[k]) for r in records for k in ("loss", "grad_norm"))
+    return dict(ok=len(records) == 2 and finite and not any(r.get("skipped") for r in records), steps=len(records),
+                loss=records[-1].get("loss") if records else None,
+                grad_norm=records[-1].get("grad_norm") if records else None)
+
+
+CHECKS = {
+    "srft_step": lambda mode, out, limit: check_srft_step(mode),
+    "train_memory": lambda mode, out, limit: check_train_memory(mode),
+    "hf_generation": lambda mode, out, limit: check_hf_generation(mode),
+    "fsdp_torchrun": check_fsdp_torchrun,
+    "srft_train_torchrun": check_srft_train_torchrun,
+}
+assert set(CHECKS) == set(LIMITS)
+
+
+# --------------------------------------------------------------------------- running them
+
+
+def sync(device) -> None:
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def one_line(e: BaseException) -> str:
+    text = " ".join(f"{type(e).__name__}: {e}".split())
+    return text[:300]
+
+
+def write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=1, default=str) + "\n")
+
+
+def run_logged(cmd: list[str], log: Path, limit: float, env: dict | None = None) -> None:
+    """Run ``cmd`` in its own process group with its output in ``log``; on time out end that group
+    (torchrun's workers too). Raises with the log's last line when it fails."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        try:
+            rc = proc.wait(timeout=max(limit, 1.0))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise TimeoutError(f"timed out after {limit:.0f} s (see {log.name})") from None
+    if rc != 0:
+        raise RuntimeError(f"exit {rc}: {error_line(log.read_text(errors='replace'))[:240]}")
+
+
+def run_torchrun(cmd: list[str], log: Path, limit: float) -> None:
+    """``run_logged`` for a torchrun, whose workers' imports are listed (``PYTHONPROFILEIMPORTTIME``,
+    which every process it starts inherits) and must not include what the GPU image may lack."""
+    run_logged(cmd, log, limit, env=dict(os.environ, PYTHONPROFILEIMPORTTIME="1"))
+    text = log.read_text(errors="replace")
+    imported = {m.group(1).split(".")[0] for m in re.finditer(r"import time:\s*\d+\s*\|\s*\d+\s*\|\s*([\w.]+)", text)}
+    lacking = sorted(imported & set(GPU_IMAGE_LACKS))
+    if lacking:
+        raise RuntimeError(f"imported {', '.join(lacking)}, which the GPU image may lack")
+    # the import lines are long and of no further use: keep the log readable
+    log.write_text("".join(line for line in text.splitlines(keepends=True) if "import time:" not in line))
+
+
+def error_line(text: str) -> str:
+    """The line of a failed run's output that says why: srft's own one-line error, else the last
+    exception raised (not torchrun's report that a worker failed), else the last line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for pick in (lambda s: s.startswith("error:"),
+                 lambda s: re.match(r"^[\w.]*(Error|Exception)\b", s) and "ChildFailedError" not in s):
+        found = [line for line in lines if pick(line)]
+        if found:
+            return found[-1]
+    return lines[-1] if lines else ""
+
+
+def environment() -> dict:
+    import torch
+    import transformers
+
+    cuda = torch.cuda.is_available()
+    return dict(device=torch.cuda.get_device_name(0) if cuda else "cpu", torch=torch.__version__,
+                transformers=transformers.__version__, cuda=torch.version.cuda if cuda else None)
+
+
+def child(name: str, mode: str, out_dir: Path, limit: float) -> None:
+    """Run one check in this process and write its part; errors become one line of it."""
+    t0 = time.perf_counter()
+    try:
+        if mode == "gpu":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise RuntimeError("no CUDA device (use --cpu on a machine without one)")
+        result = CHECKS[name](mode, out_dir, limit)
+        lacking = sorted({m.split(".")[0] for m in sys.modules} & set(GPU_IMAGE_LACKS))
+        if lacking:
+            result.update(ok=False, error=f"imported {', '.join(lacking)}, which the GPU image may lack")
+    except Exception as e:
+        traceback.print_exc()
+        result = dict(ok=False, error=one_line(e))
+    result = dict(name=name, ok=bool(result.pop("ok", False)), seconds=time.perf_counter() - t0, **result)
+    try:
+        result["env"] = environment()
+    except Exception:
+        pass
+    write_json(out_dir / "parts" / f"{name}.json", result)
+
+
+def run_all(mode: str, out_dir: Path, only: list[str]) -> int:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + BUDGET_S[mode]
+    results = []
+    for name in only:
+        limit = LIMITS[name][0 if mode == "gpu" else 1]
+        left = deadline - time.monotonic()
+        t0 = time.perf_counter()
+        if left < 5:
+            results.append(dict(name=name, ok=False, seconds=0.0, error=f"not run: the {BUDGET_S[mode]:.0f} s budget is spent"))
+            continue
+        limit = min(limit, left)
+        part = out_dir / "parts" / f"{name}.json"
+        part.unlink(missing_ok=True)
+        cmd = [sys.executable, str(HERE), "--child", name, "--limit", str(limit),
+               *(["--cpu"] if mode == "cpu" else []), str(out_dir)]
+        try:
+            run_logged(cmd, out_dir / "logs" / f"{name}.log", limit)
+            results.append(json.loads(part.read_text()))
+        except Exception as e:
+            results.append(dict(name=name, ok=False, seconds=time.perf_counter() - t0, error=one_line(e)))
+        print_row(results[-1])
+    env = next((r.pop("env") for r in results if "env" in r), None) or fallback_environment()
+    for r in results:
+        r.pop("env", None)
+    report = dict(checks=results, mode=mode, **env)
+    write_json(out_dir / "gpu_check.json", report)
+    print_table(report)
+    return 0 if all(r["ok"] for r in results) else 1
+
+
+def fallback_environment() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def v(pkg: str):
+        try:
+            return version(pkg)
+        except PackageNotFoundError:
+            return None
+
+    return dict(device="unknown", torch=v("torch"), transformers=v("transformers"), cuda=None)
+
+
+def fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+FIGURE_SKIP = ("name", "ok", "seconds")
+
+
+def row_text(r: dict) -> str:
+    figures = ", ".join(f"{k}={fmt(v)}" for k, v in r.items() if k not in FIGURE_SKIP)
+    return f"{r['name']:<20} {'ok' if r['ok'] else 'FAIL':<5} {r.get('seconds', 0.0):>6.1f}  {figures}"
+
+
+def print_row(r: dict) -> None:
+    print(f"  done: {row_text({k: v for k, v in r.items() if k != 'env'})}", file=sys.stderr, flush=True)
+
+
+def print_table(report: dict) -> None:
+    print(f"srft GPU check ({report['mode']} mode) on {report['device']}: torch {report['torch']}, "
+          f"transformers {report['transformers']}")
+    print(f"{'check':<20} {'ok':<5} {'s':>6}  figures")
+    for r in report["checks"]:
+        print(row_text(r))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--cpu", action="store_true", help="small shapes on the CPU (gloo), skipping what needs CUDA")
+    p.add_argument("--only", default=",".join(CHECKS), help="comma-separated checks to run (default: all)")
+    p.add_argument("--child", choices=list(CHECKS), help=argparse.SUPPRESS)
+    p.add_argument("--limit", type=float, default=60.0, help=argparse.SUPPRESS)
+    p.add_argument("--fsdp-worker", action="store_true", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    mode = "cpu" if a.cpu else "gpu"
+    if a.fsdp_worker:
+        fsdp_worker(mode, a.out_dir)
+        return 0
+    if a.child:
+        child(a.child, mode, a.out_dir, a.limit)
+        return 0
+    only = [n.strip() for n in a.only.split(",") if n.strip()]
+    unknown = [n for n in only if n not in CHECKS]
+    if unknown:
+        p.error(f"unknown checks {unknown}; checks: {', '.join(CHECKS)}")
+    return run_all(mode, a.out_dir, only)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""The prepared GPU check (scripts/gpu_check.sh) in its --cpu mode: the same checks at small shapes,
+so that the script a GPU session runs once still runs. About a minute and a half on a 2-core machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKS = ["srft_step", "train_memory", "hf_generation", "fsdp_torchrun", "srft_train_torchrun"]
+
+
+def test_gpu_check_cpu_mode(tmp_path):
+    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--cpu", str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    failed = [(c["name"], c.get("error")) for c in report["checks"] if not c["ok"]]
+    assert proc.returncode == 0 and not failed, f"{failed}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    assert report["mode"] == "cpu" and report["device"] == "cpu"
+    assert report["torch"] and report["transformers"]
+    assert [c["name"] for c in report["checks"]] == CHECKS
+    for c in report["checks"]:
+        assert isinstance(c["ok"], bool) and c["seconds"] >= 0 and "error" not in c
+    by = {c["name"]: c for c in report["checks"]}
+    # what needs CUDA says so; the bf16 step agrees with the float32 one within its tolerance
+    assert "no CUDA" in by["srft_step"]["skipped"] and "no CUDA" in by["train_memory"]["skipped"]
+    assert by["srft_step"]["rel_cpu_bf16"] <= by["srft_step"]["rtol_bf16"]
+    assert by["fsdp_torchrun"]["backend"] == "gloo" and by["fsdp_torchrun"]["rel_fp32"] <= 1e-4
+    assert by["srft_train_torchrun"]["steps"] == 2
+    assert by["hf_generation"]["tok_per_s_fp32_autocast"] > 0
+    # one line per check in the printed table
+    assert all(any(line.startswith(name) for line in proc.stdout.splitlines()) for name in CHECKS)
+
+
+def test_a_failing_check_is_recorded_and_the_others_run(tmp_path):
+    """A check that cannot run (here: the GPU mode without CUDA) fails with one line; the run goes
+    on and exits nonzero."""
+    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), str(tmp_path), "--only",
+                           "srft_step,hf_generation"], env=env, capture_output=True, text=True, timeout=120)
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert proc.returncode == 1
+    assert [c["name"] for c in report["checks"]] == ["srft_step", "hf_generation"]
+    for c in report["checks"]:
+        assert c["ok"] is False and "no CUDA device" in c["error"] and "\n" not in c["error"]

@@ -16,6 +16,7 @@ are only for what is not configuration. Lists are comma-separated (``--split tes
     srft doctor [--preset NAME | --config FILE] [section.key=value ...] [--samples 8] [--k 4]   (check a config)
     srft compare SUITE [section.key=value ...] [--seeds 0,1] [--methods a,b] [--jobs N] [--report-only DIR]
     srft fetch-model NAME | --list
+    srft convert-checkpoint RUN_DIR | CHECKPOINT_DIR   (rewrite a trusted run's old checkpoints as plain data)
 
 A flag that became a config key (``--model``, ``--task``, ``--set``, ...; ``REMOVED_FLAGS``)
 fails with one line naming the key to give instead.
@@ -360,6 +361,17 @@ def cmd_compare(args) -> int:
     return run_compare(args)
 
 
+def cmd_convert_checkpoint(args) -> int:
+    from srft.training.checkpoint import CheckpointError, convert_checkpoints
+
+    try:
+        convert_checkpoints(Path(args.path))
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -491,6 +503,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the method each other one is compared with, paired on the same seeds (mean difference "
                         "and its 95%% interval); default srft when compared, else the suite's first method")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("convert-checkpoint",
+                       help="rewrite a trusted run's checkpoint files that do not load safely as tensors and plain data",
+                       description="Resuming loads checkpoint files as tensors and plain data only, never running "
+                                   "code a file carries; a file that asks for more is refused. This command reads "
+                                   "such files in full, WHICH RUNS ANY CODE THEY CARRY: use it only on checkpoints "
+                                   "whose origin you trust. Originals are kept as NAME.unsafe.")
+    p.add_argument("path", metavar="RUN_DIR|CHECKPOINT_DIR",
+                   help="a run directory (every checkpoint) or one checkpoints/step-N directory")
+    p.set_defaults(func=cmd_convert_checkpoint)
     return parser
 
 

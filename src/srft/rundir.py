@@ -14,6 +14,11 @@ all take the names from here::
                              model_state.pt or shards/: see srft.training.checkpoint)
         step-000300/
         latest               the name of the newest complete checkpoint
+
+Nothing read back from a run directory runs code: JSON and YAML (``yaml.safe_load``) are
+data only, and checkpoints are read as tensors and plain data (``srft.training.safe_load``).
+The one exception by design is the task plugin (``data.task=file.py:Class``) that a run's
+``config.yaml`` names: resuming or analysing the run imports it.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import json
 import os
 import re
 from pathlib import Path
+
+from srft.config import ConfigError
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -120,23 +127,52 @@ def checkpoint_step(path: Path) -> int | None:
 
 
 # --------------------------------------------------------------------------- readers
+class RunDirError(ConfigError):
+    """A run directory's file that does not read as srft wrote it; the message names the file and the fix."""
+
+
 def read_jsonl(path: Path) -> list[dict]:
-    """The records of a JSON-lines file; a last line cut short by a kill is skipped."""
+    """The records of a JSON-lines log (metrics, eval history); a last line cut short by a kill is skipped.
+
+    Any other line that is not a JSON object, or whose ``step`` is not a whole number, raises
+    ``RunDirError`` naming the file and the line.
+    """
     path = Path(path)
     if not path.exists():
         return []
     out = []
-    lines = path.read_text().splitlines()
+    lines = path.read_text(errors="replace").splitlines()
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
             if i == len(lines) - 1:
                 break  # a partial last line: the write it belonged to never finished
-            raise
+            raise RunDirError(_bad_line(path, i, f"not JSON: {e.msg}")) from None
+        if not isinstance(record, dict):
+            raise RunDirError(_bad_line(path, i, f"a JSON {type(record).__name__}, not an object"))
+        step = record.get("step", 0)
+        if not isinstance(step, int) or isinstance(step, bool):
+            raise RunDirError(_bad_line(path, i, f"its step is {step!r}, not a whole number"))
+        out.append(record)
     return out
+
+
+def _bad_line(path: Path, i: int, why: str) -> str:
+    return (f"{path} line {i + 1} is not a record srft wrote ({why}); remove or fix that line "
+            f"(the file is a log: training does not need its records)")
+
+
+def read_json_object(path: Path) -> dict | None:
+    """A JSON file holding one object (``eval.json``, ``run_status.json``), None when it is missing,
+    not JSON, or not an object: readers that can go on without it decide what to say."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def is_finished(run_dir: Path) -> bool:

@@ -167,6 +167,9 @@ def analyze_regime(regime: str, runs: list[Run], out_dir: Path, opts: Options, p
             runs_same = runs
         if base_path is not None and runs_same:
             cfg = data_cfg or data_config(runs_same[0].data)
+            if data_cfg is None and ":" in cfg.task:  # named by a run directory: say so before its code runs
+                say(f"  importing task plugin {cfg.task} (named by {runs_same[0].path / 'config.yaml'}): "
+                    f"its code runs as your user")
             try:
                 scored = score_regime(regime, runs_same, base_path, cfg, out_dir, opts, problems, say)
             except Exception as e:  # noqa: BLE001 -- e.g. the base model is not on this machine: the other regimes go on

@@ -51,22 +51,34 @@ def discover_runs(compare_dir: Path) -> tuple[list[Run], list[str]]:
         regime, method = run_dir.parent.parent.name, run_dir.parent.name
         try:
             ev = json.loads(eval_file.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             problems.append(f"{run_dir}: unreadable eval.json ({e}); run skipped")
+            continue
+        if not isinstance(ev, dict):
+            problems.append(f"{run_dir}: eval.json holds a JSON {type(ev).__name__}, not an object; run skipped")
             continue
         data: dict = {}
         cfg_file = run_dir / "config.yaml"
         if cfg_file.exists():
-            try:
+            try:  # safe_load: data only, no tags that build objects
                 data = (yaml.safe_load(cfg_file.read_text()) or {}).get("data") or {}
-            except (OSError, yaml.YAMLError, AttributeError) as e:
-                problems.append(f"{run_dir}: unreadable config.yaml ({e}); data settings taken from defaults")
+                if not isinstance(data, dict):
+                    raise AttributeError(f"its data section is a {type(data).__name__}")
+            except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError) as e:
+                data = {}
+                problems.append(f"{run_dir}: unreadable config.yaml ({_one_line(e)}); data settings taken from "
+                                f"defaults")
         else:
             problems.append(f"{run_dir}: no config.yaml; data settings taken from defaults")
         runs.append(Run(regime, method, run_dir.name, run_dir, ev, data))
     # Numeric order of seeds (seed2 before seed10) within each method.
     runs.sort(key=lambda r: (r.regime, r.method, _seed_number(r.seed), r.seed))
     return runs, problems
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _seed_number(name: str) -> int:
@@ -90,14 +102,16 @@ def read_metrics(run_dir: Path) -> list[dict]:
     if not path.exists():
         return []
     out = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         line = line.strip()
         if not line:
             continue
         try:
-            out.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue  # e.g. a line cut by an interrupted write
+        if isinstance(record, dict) and isinstance(record.get("step", 0), int):  # else skipped like a broken line
+            out.append(record)
     return out
 
 

@@ -15,6 +15,7 @@ from srft.compare.plan import (
     save_plan,
     scan_runs,
     select,
+    task_plugins,
     validate_configs,
 )
 from srft.compare.report import build_report, tables_text
@@ -113,6 +114,16 @@ def check_not_running(runs: list[RunSpec]) -> None:
                          + "; wait for them or stop them (kill PID) first")
 
 
+def announce_plugins(runs: list[RunSpec], configs: dict, say=print) -> None:
+    """Say which task plugin code the runs will import (and so run), before anything runs."""
+    plugins = task_plugins(runs, configs)
+    if not plugins:
+        return
+    say("these runs import task plugin code, which runs as your user; check it is code you trust:")
+    for what, keys in plugins.items():
+        say(f"  {what}: {len(keys)} run(s), e.g. {keys[0]}")
+
+
 def dry_run(runs: list[RunSpec], threads: int, say=print) -> None:
     for run in runs:
         state = run_state(run.run_dir)
@@ -140,6 +151,7 @@ def run_compare(args, say=print) -> int:
     check_not_running(runs)
     jobs = max(1, args.jobs)
     threads = threads_per_run(jobs)
+    announce_plugins(runs, configs, say)
     if args.dry_run:
         dry_run(runs, threads, say)
         return 0

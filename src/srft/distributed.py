@@ -109,11 +109,17 @@ class Dist:
 SINGLE = Dist()
 
 
-def init_from_env(device: str = "auto") -> Dist:
-    """Join the process group torchrun describes in the environment; ``SINGLE`` without one."""
+def init_from_env(device: str = "auto", timeout_minutes: float = 120) -> Dist:
+    """Join the process group torchrun describes in the environment; ``SINGLE`` without one.
+
+    ``timeout_minutes`` (``model.dist_timeout_minutes``): how long a collective may wait for the
+    other ranks before the group aborts. NCCL's default is 10 minutes, gloo's 30: less than one
+    rank may spend alone on a long evaluation or a checkpoint write while the others wait."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return SINGLE
+    import datetime
+
     import torch.distributed as dist
 
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
@@ -121,7 +127,8 @@ def init_from_env(device: str = "auto") -> Dist:
     if use_cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo",
+                                timeout=datetime.timedelta(minutes=timeout_minutes))
     return Dist(rank=rank, world=world, local_rank=local_rank)
 
 
@@ -164,23 +171,38 @@ def shard_model(model: torch.nn.Module, compute_dtype: torch.dtype, d: Dist, gro
         mesh = init_device_mesh(d.device.type, (d.world // group_size, group_size),
                                 mesh_dim_names=("replicate", "shard"))
     if compute_dtype == torch.float32:
-        mp = MixedPrecisionPolicy()
+        mp = root_mp = MixedPrecisionPolicy()
     else:
-        mp = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32, output_dtype=torch.float32)
-    model = model.float() if next(model.parameters()).dtype != torch.float32 else model
+        # Only the root's output (the logits) is cast to float32 for the loss: a layer's float32 output
+        # would reach the final norm and the head in float32 against their bfloat16 weights (the
+        # first forward failed so: "expected m1 and m2 to have the same dtype").
+        mp = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
+        root_mp = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32,
+                                       output_dtype=torch.float32)
+    master_weights_fp32(model)
     layers = decoder_layers(model)
     if not layers:
         raise ValueError(f"cannot shard {type(model).__name__}: it names no decoder layer class in "
                          f"_no_split_modules")
     for layer in layers:
         fully_shard(layer, mesh=mesh, mp_policy=mp)
-    fully_shard(model, mesh=mesh, mp_policy=mp)
+    fully_shard(model, mesh=mesh, mp_policy=root_mp)
     # Each rank's loss is its share of the global objective (global denominators): the step's
     # gradient is the sum over ranks, not FSDP's default mean.
     for m in [*layers, model]:
         m.set_gradient_divide_factor(1.0)
         m.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no pre-multiplied sum)
     return model
+
+
+def master_weights_fp32(model: torch.nn.Module) -> None:
+    """Trainable parameters in float32 (the master weights the optimiser updates); frozen ones (the
+    base under LoRA) stay in the dtype they were loaded in, the compute dtype: a float32 copy of a
+    frozen 7B base would double its memory for nothing. FSDP2 casts each to ``param_dtype`` to
+    all-gather, so the mixed dtypes meet as one."""
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
 
 
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:

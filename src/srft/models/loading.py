@@ -6,6 +6,8 @@ Any local Hugging Face causal-LM directory works too.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import sys
@@ -122,13 +124,218 @@ def load_model_and_tokenizer(cfg: ModelConfig, task_name: str = "addition", prog
         raise ModelError(f"could not load a causal LM from '{path}': {e}") from e
     check_special_ids(model, tok, path)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        enable_checkpointing(model)
     if cfg.lora_rank > 0:
         model = add_lora(model, cfg)
     model.config.use_cache = True
     model.to(device)
     model.train()
     return model, tok, path
+
+
+def enable_checkpointing(model) -> None:
+    """Recompute each decoder layer in backward, with torch's non-reentrant checkpoint: the reentrant
+    one (transformers' default before 5.x) runs its own backward inside FSDP2's, needs inputs that
+    require grad, and is the variant torch deprecates; FSDP2 users (verl, torchtitan) pass False."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def load_for_training(cfg: ModelConfig, dist=None, task_name: str = "addition", progress: bool = True,
+                      engine_copy: bool = False):
+    """Return (model, tokenizer, path, engine_model): the policy as it trains (``wrap_model``'s
+    result), and, with ``engine_copy``, a whole copy in the compute dtype for the HF engine to
+    sample from under torchrun (None otherwise).
+
+    Under torchrun no rank holds the whole float32 model: the model is built with its parameters on
+    the meta device, sharded (FSDP2), and each rank reads its own rows of each tensor from the
+    safetensors files, one tensor at a time (``load_sharded``). LoRA, checkpoints without
+    safetensors and models whose parameter names the files do not hold take today's path: every
+    rank loads the whole model, then shards it."""
+    if dist is None or not dist.enabled or cfg.lora_rank > 0:
+        return load_whole_then_wrap(cfg, dist, task_name, progress, engine_copy)
+    device = resolve_device(cfg.device)
+    path = resolve_model_path(cfg, task_name, progress)
+    tok = load_tokenizer(path)
+    model = load_sharded(path, cfg, dist, device)
+    if model is None:
+        if dist.main:
+            print(f"note: '{path}' has no safetensors files with every parameter by name: each rank loads the "
+                  f"whole model before sharding it", file=sys.stderr)
+        return load_whole_then_wrap(cfg, dist, task_name, progress, engine_copy)
+    check_special_ids(model, tok, path)
+    engine_model = load_whole(path, DTYPES[cfg.dtype], device) if engine_copy else None
+    return model, tok, path, engine_model
+
+
+def load_whole_then_wrap(cfg: ModelConfig, dist, task_name: str, progress: bool, engine_copy: bool):
+    """Today's path: the whole model on every rank (float32 where it trains), then ``wrap_model``."""
+    model, tok, path = load_model_and_tokenizer(cfg, task_name, progress, for_training=True)
+    engine_model = copy_for_engine(model, cfg) if engine_copy else None
+    return wrap_model(model, cfg, dist), tok, path, engine_model
+
+
+def copy_for_engine(model, cfg: ModelConfig):
+    """A whole copy of ``model`` for the HF engine, in the compute dtype (the engine only samples)."""
+    import copy
+
+    return copy.deepcopy(model).to(DTYPES[cfg.dtype])
+
+
+def load_sharded(path: Path, cfg: ModelConfig, dist, device: torch.device):
+    """The model of ``path`` sharded as ``wrap_model`` shards it, each rank's float32 shards read from
+    the safetensors files; None where the files do not name every parameter (the caller falls back)."""
+    from srft.distributed import shard_model
+
+    files = safetensors_index(path)
+    if files is None:
+        return None
+    model = build_empty(path, torch.float32)
+    sources = parameter_sources(model, files)
+    if sources is None:
+        return None
+    if cfg.gradient_checkpointing:
+        enable_checkpointing(model)
+    model.config.use_cache = True
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    model = shard_model(model, DTYPES[cfg.dtype], dist, group_size=cfg.shard_group_size)
+    model.to_empty(device=device)
+    fill_from_files(model, sources, files, buffers)
+    model.train()
+    return model
+
+
+def load_whole(path: Path, dtype: torch.dtype, device: torch.device):
+    """The whole model of ``path`` in ``dtype`` on ``device``, read tensor by tensor (no float32
+    copy of it on the host first)."""
+    files = safetensors_index(path)
+    model = build_empty(path, dtype)
+    sources = parameter_sources(model, files) if files is not None else None
+    if sources is None:  # not in safetensors by name: transformers reads it
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device)
+    model.config.use_cache = True
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    model.to_empty(device=device)
+    model.tie_weights()  # to_empty gives each module its own tensor: tied embeddings must share one again
+    fill_from_files(model, sources, files, buffers)
+    return model
+
+
+def safetensors_index(path: Path) -> dict[str, Path] | None:
+    """Tensor name -> the safetensors file that holds it; None if the model has no safetensors files."""
+    from safetensors import safe_open
+
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        return {name: path / file for name, file in json.loads(index.read_text())["weight_map"].items()}
+    single = path / "model.safetensors"
+    if not single.exists():
+        return None
+    with safe_open(str(single), framework="pt") as f:
+        return {name: single for name in f.keys()}
+
+
+@contextlib.contextmanager
+def params_on_meta():
+    """Parameters made within go to the meta device (no memory, no initialisation cost); buffers are
+    made as usual, so that those no checkpoint holds (the rotary ``inv_freq``) get their values."""
+    register = torch.nn.Module.register_parameter
+
+    def register_on_meta(module, name, param):
+        register(module, name, param)
+        if param is not None and param.device.type != "meta":
+            module._parameters[name] = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    torch.nn.Module.register_parameter = register_on_meta
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = register
+
+
+def build_empty(path: Path, dtype: torch.dtype):
+    """The model of ``path``'s config with its parameters on the meta device, in ``dtype``."""
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    try:
+        config = AutoConfig.from_pretrained(str(path))
+        with params_on_meta():
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    except Exception as e:
+        raise ModelError(f"could not build a causal LM from '{path}/config.json': {e}") from e
+    if (path / "generation_config.json").exists():
+        model.generation_config = GenerationConfig.from_pretrained(str(path))
+    return model
+
+
+def parameter_sources(model, files: dict[str, Path]) -> dict[str, str] | None:
+    """Each parameter and persistent buffer name of ``model`` -> the name it has in the files (a tied
+    parameter goes by any of its names); None if one is missing."""
+    aliases: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        aliases.setdefault(id(p), []).append(name)
+    sources = {}
+    for names in aliases.values():
+        found = [n for n in names if n in files]
+        if not found:
+            return None
+        sources[names[0]] = found[0]
+    persistent = set(model.state_dict())
+    for name, _ in model.named_buffers():
+        if name in persistent and name in files:
+            sources[name] = name
+    return sources
+
+
+def fill_from_files(model, sources: dict[str, str], files: dict[str, Path], buffers: dict[str, torch.Tensor]) -> None:
+    """Copy into each parameter (an FSDP2 shard or a whole tensor) its rows from the files, cast per
+    tensor; buffers get their values from before ``to_empty`` unless the files hold them.
+
+    Each tensor opens its file anew: safetensors maps the file into memory, and the pages read stay
+    in the process's resident memory until it is closed (measured at 0.5B: half the file's size on
+    top of the shards when each file stayed open)."""
+    from safetensors import safe_open
+
+    from srft.distributed import local_tensor
+
+    targets = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            b.copy_(buffers[name])
+        targets.update(dict(model.named_buffers()))
+        for name, source in sources.items():
+            local = local_tensor(targets[name])
+            start, stop = local_rows(targets[name])
+            if local.dim() and stop == start:
+                continue  # a rank past the last row of a small tensor holds none of it
+            with safe_open(str(files[source]), framework="pt") as f:
+                local.copy_(f.get_slice(source)[start:stop] if local.dim() else f.get_tensor(source))
+
+
+def local_rows(t: torch.Tensor) -> tuple[int, int]:
+    """The rows [start, stop) of the whole tensor that this rank's part of ``t`` holds: FSDP2 shards
+    dim 0 as ``torch.chunk`` does (ceil(n / shards) rows each, the last ranks' fewer or none); a
+    plain tensor is whole."""
+    placements = getattr(t, "placements", None)
+    rows = t.shape[0] if t.dim() else 0
+    if placements is None:
+        return 0, rows
+    start, stop = 0, rows
+    for mesh_dim, placement in enumerate(placements):
+        if placement.is_shard():
+            if placement.dim != 0:
+                raise ModelError(f"cannot load a tensor sharded on dim {placement.dim}: sharded loading "
+                                 f"reads rows (dim 0) only")
+            shards = t.device_mesh.size(mesh_dim)
+            per = -(-rows // shards)
+            start = min(rows, t.device_mesh.get_local_rank(mesh_dim) * per)
+            stop = min(rows, start + per)
+    local = t.to_local()
+    if local.shape[0] != stop - start:
+        raise ModelError(f"sharded loading expected rows {start}:{stop} of a tensor of {rows} rows here, but this "
+                         f"rank holds {local.shape[0]}: a sharding it does not know")
+    return start, stop
 
 
 def add_lora(model, cfg: ModelConfig):
@@ -169,7 +376,14 @@ def check_context(model, prompt_tokens: int, response_tokens: int, what: str) ->
         raise ModelError(
             f"{what}: prompts of up to {prompt_tokens} tokens plus responses of up to {response_tokens} tokens "
             f"need {prompt_tokens + response_tokens} positions, but the model's context window "
-            f"(max_position_embeddings) is {window}; shorten the limits or use a model with a longer context")
+            f"(max_position_embeddings) is {window}; {CONTEXT_FIX}")
+
+
+# What a 4k-context model such as Qwen2.5-Math-7B (max_position_embeddings 4096) needs for the paper's
+# 1,024 + 8,192 tokens: the SRFT and LUFFY training scripts edit its config.json so before they start.
+# srft doctor shows the same line (it calls check_context).
+CONTEXT_FIX = ('edit the model\'s config.json: "max_position_embeddings": 16384 and "rope_theta": 40000 as the '
+               'reference scripts do for Qwen2.5-Math, or lower data.max_response_tokens')
 
 
 def wrap_model(model: torch.nn.Module, cfg: ModelConfig, dist=None) -> torch.nn.Module:

@@ -1,0 +1,70 @@
+"""Settings of the process group, the sharding and the model that need no second process: the
+process group's timeout, the master weights' dtypes, non-reentrant gradient checkpointing, and the
+context check's advice for a 4k-context model."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+import torch
+
+from srft.config import ModelConfig
+from srft.distributed import init_from_env, master_weights_fp32
+from srft.models.loading import ModelError, check_context, load_model_and_tokenizer
+
+
+def test_process_group_gets_the_configured_timeout(monkeypatch):
+    import torch.distributed as dist
+
+    seen = {}
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda **kw: seen.update(kw))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    d = init_from_env("cpu", timeout_minutes=45)
+    assert (d.rank, d.world, d.local_rank) == (1, 2, 1)
+    assert seen == {"backend": "gloo", "timeout": datetime.timedelta(minutes=45)}
+    init_from_env("cpu")
+    assert seen["timeout"] == datetime.timedelta(hours=2)  # the default: model.dist_timeout_minutes=120
+
+
+def test_config_default_timeout_is_the_functions():
+    import inspect
+
+    default = inspect.signature(init_from_env).parameters["timeout_minutes"].default
+    assert ModelConfig().dist_timeout_minutes == default
+
+
+def test_frozen_parameters_keep_their_dtype_trainable_ones_become_float32(tiny_model_dir):
+    """LoRA's frozen base stays in the compute dtype under FSDP2; only the adapters are float32 masters."""
+    cfg = ModelConfig(path=str(tiny_model_dir), device="cpu", dtype="bfloat16", lora_rank=4)
+    model, _, _ = load_model_and_tokenizer(cfg, for_training=True)
+    model.to(torch.bfloat16)  # as if every parameter came in bfloat16
+    master_weights_fp32(model)
+    frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
+    trainable = {p.dtype for p in model.parameters() if p.requires_grad}
+    assert frozen == {torch.bfloat16} and trainable == {torch.float32}
+    assert sum(p.requires_grad for p in model.parameters()) > 0
+
+
+def test_gradient_checkpointing_is_non_reentrant(tiny_model_dir):
+    model, _, _ = load_model_and_tokenizer(ModelConfig(path=str(tiny_model_dir), gradient_checkpointing=True),
+                                           for_training=True)
+    funcs = [m._gradient_checkpointing_func for m in model.modules() if getattr(m, "gradient_checkpointing", False)]
+    assert funcs, "no layer is checkpointed"
+    assert all(f.keywords == {"use_reentrant": False} for f in funcs)
+
+
+def test_context_error_names_the_config_edit_for_a_4k_model(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)  # a 4,096-position window, as Qwen2.5-Math-7B's
+    with pytest.raises(ModelError) as e:
+        check_context(model, 1024, 8192, "data.max_prompt_tokens + data.max_response_tokens")
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert "need 9216 positions" in msg and "is 4096" in msg
+    assert '"max_position_embeddings": 16384 and "rope_theta": 40000' in msg
+    assert msg.endswith("or lower data.max_response_tokens")

@@ -1,5 +1,5 @@
 """The prepared GPU check (scripts/gpu_check.sh) in its --cpu mode: the same checks at small shapes,
-so that the script a GPU session runs once still runs. About a minute and a half on a 2-core machine."""
+so that the script a GPU session runs once still runs. About 80 s on a busy 2-core machine."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ CHECKS = ["srft_step", "train_memory", "hf_generation", "fsdp_torchrun", "srft_t
 def test_gpu_check_cpu_mode(tmp_path):
     env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1")
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--cpu", str(tmp_path)], env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=420)
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     failed = [(c["name"], c.get("error")) for c in report["checks"] if not c["ok"]]
     assert proc.returncode == 0 and not failed, f"{failed}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"

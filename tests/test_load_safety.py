@@ -143,6 +143,13 @@ MALFORMED = {
                                   "exp_avg of 0 has shape (3, 3)"),
     "unknown parameters": (lambda s: s["optimizer"]["param_groups"][0]["params"].append(999), "999"),
     "methods' state not a dict": (lambda s: s.update(extra=[1]), "extra is a list"),
+    "a method's state of the wrong type": (lambda s: s["extra"]["pool"].update(pool=[1]),
+                                           "the methods' state (extra) does not load"),
+    "a controller's number that is text": (lambda s: s["extra"]["weights"].update(log_sft="high"),
+                                           "the methods' state (extra) does not load"),
+    "a scheduler entry that shadows a method": (lambda s: s["scheduler"].update(step=1), "entry 'step'"),
+    "a learning rate that is text": (lambda s: s["scheduler"].update(base_lrs=["x"]),
+                                     "scheduler is not a learning-rate scheduler's state"),
 }
 
 
@@ -183,6 +190,13 @@ def test_every_checkpoint_malformed_is_one_line(run, capsys):
     rc, err = _resume(b, capsys)
     assert rc == 1 and err.strip().splitlines()[-1].startswith("error: no usable checkpoint")
     assert "convert-checkpoint" not in err.strip().splitlines()[-1]  # nothing to convert: a bad file
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00 not text", b"../../../../tmp\n"])
+def test_a_bad_latest_pointer_is_ignored_for_the_newest_step(run, content):
+    b = run()
+    (b / rundir.CHECKPOINTS / rundir.LATEST).write_bytes(content)
+    assert [p.name for p in rundir.checkpoint_candidates(b)] == ["step-000002", "step-000001"]
 
 
 # --------------------------------------------------------------------------- what this version writes

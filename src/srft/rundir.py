@@ -96,7 +96,7 @@ def checkpoint_candidates(run_dir: Path) -> list[Path]:
     ordered = [p for _, p in sorted(steps, reverse=True)]
     latest = root / LATEST
     if latest.is_file():
-        named = root / latest.read_text().strip()
+        named = root / latest.read_text(errors="replace").strip()  # a name that is no step directory is ignored
         if named in ordered:
             ordered.remove(named)
             ordered.insert(0, named)

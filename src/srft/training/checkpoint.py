@@ -303,6 +303,8 @@ def check_trainer_state(state, sharded: bool, model) -> None:
         if not isinstance(state.get(key), kind):
             raise ValueError(f"trainer.pt: {key} is a {type(state.get(key)).__name__}")
     _check_rng(state["rng"])
+    _check_scheduler(state["scheduler"])
+    _check_methods_state(state["extra"])
     by_name = bool(state.get("optimizer_by_name"))
     if "optimizer" in state:
         _check_optimizer(state["optimizer"], model, by_name, "optimizer")
@@ -320,6 +322,34 @@ def _check_rng(rng: dict) -> None:
             raise TypeError("cuda is not a list")
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise ValueError(f"trainer.pt: the RNG state is not one ({_first_line(e)})") from None
+
+
+def _check_scheduler(sd: dict) -> None:
+    """A learning-rate scheduler's state: its numbers are numbers, and no entry shadows one of the
+    scheduler's methods (``load_state_dict`` puts every entry in the scheduler's ``__dict__``)."""
+    from torch.optim.lr_scheduler import LambdaLR
+
+    lrs, last, lambdas = (sd.get(k, []) for k in ("base_lrs", "_last_lr", "lr_lambdas"))
+    lists = all(isinstance(x, list) for x in (lrs, last, lambdas))
+    numbers = lists and all(isinstance(x, (int, float)) for x in [*lrs, *last])
+    shadowing = [k for k in sd if not isinstance(k, str) or callable(getattr(LambdaLR, k, None))
+                 or isinstance(getattr(LambdaLR, k, None), property)]
+    if not numbers or not isinstance(sd.get("last_epoch", 0), int) or shadowing:
+        raise ValueError(f"trainer.pt: scheduler is not a learning-rate scheduler's state"
+                         f"{f' (entry {shadowing[0]!r})' if shadowing else ''}")
+
+
+def _check_methods_state(extra: dict) -> None:
+    """The step methods' state loaded into throwaway instances (their ``load_state_dict`` only sets
+    what it reads), so that a wrong one is found here and skipped, not met on resume."""
+    from srft.training import methods
+
+    kinds = [c for c in vars(methods).values()
+             if isinstance(c, type) and isinstance(getattr(c, "name", None), str) and hasattr(c, "load_state_dict")]
+    try:
+        methods.load_methods_state([object.__new__(c) for c in kinds], extra)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise ValueError(f"trainer.pt: the methods' state (extra) does not load ({_first_line(e)})") from None
 
 
 def _check_optimizer(osd, model, by_name: bool, key: str) -> None:

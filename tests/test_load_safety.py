@@ -356,6 +356,14 @@ def test_a_planted_config_yaml_is_one_line(run, marker, capsys):
     assert rc == 2 and len(err.strip().splitlines()) == 1
 
 
+def test_a_planted_suite_file_is_one_line(tmp_path, marker, capsys):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("name: !!python/object/apply:os.system [\"touch {marker}\"]\n".replace("{marker}", str(marker)))
+    assert main(["compare", str(suite), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: {suite}: not valid YAML: could not determine")
+
+
 @pytest.mark.parametrize("name", [rundir.METRICS, rundir.EVAL_HISTORY])
 @pytest.mark.parametrize("content", ["pickle", "a list", "a text step"])
 def test_a_bad_log_line_is_one_line_naming_the_file(run, marker, capsys, name, content):

@@ -88,8 +88,8 @@ def load_suite(name_or_path: str) -> Suite:
     path = suite_path(name_or_path)
     try:
         data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise SuiteError(f"{path}: not valid YAML: {e}") from e
+    except yaml.YAMLError as e:  # PyYAML's message spans lines (with a caret): one line here
+        raise SuiteError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from e
     suite = suite_from_dict(data, str(path))
     suite.path = str(path)
     return suite

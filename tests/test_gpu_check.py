@@ -1,5 +1,6 @@
-"""The prepared GPU check (scripts/gpu_check.sh) in its --cpu mode: the same checks at small shapes,
-so that the script a GPU session runs once still runs. About 80 s on a busy 2-core machine."""
+"""The prepared GPU check (scripts/gpu_check.sh): its tolerances, budget and process handling (fast),
+and its --cpu mode (slow, about 60-110 s on a busy 2-core machine): the same checks at small shapes,
+so that the script a GPU session runs once still runs."""
 
 from __future__ import annotations
 
@@ -11,12 +12,46 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
-
 ROOT = Path(__file__).resolve().parents[1]
 CHECKS = ["srft_step", "train_memory", "hf_generation", "fsdp_torchrun", "srft_train_torchrun"]
 
 
+def load_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tolerances_and_budget():
+    g = load_script()
+    ref = dict(loss=2.0, grad_norm=4.0, loss_after=1.0, scale=10.0)
+    # the loss is measured against its terms' magnitude (10), the gradient norm against itself
+    assert g.rel_diff(dict(ref, loss=2.1), ref) == pytest.approx(0.01)
+    assert g.rel_diff(dict(ref, grad_norm=4.2), ref) == pytest.approx(0.05)
+    assert g.rel_diff(dict(ref, loss=float("nan")), ref) == float("inf")
+    assert g.within(1e-3, "bfloat16") and not g.within(0.0, "bfloat16") and not g.within(0.05, "bfloat16")
+    assert g.within(0.0, "float32") and not g.within(1e-3, "float32")
+    # the GPU mode's limits fit its budget, and the budget (with one stop's grace) 8 minutes
+    assert sum(gpu for gpu, _ in g.LIMITS.values()) <= g.BUDGET_S["gpu"] <= 8 * 60 - 20
+    assert set(g.LIMITS) == set(CHECKS) == set(g.CHECKS)
+
+
+def test_error_line_and_time_limit(tmp_path):
+    g = load_script()
+    torchrun_output = "Traceback (most recent call last):\nValueError: bad shape\n" \
+                      "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n==== srft FAILED\n"
+    assert g.error_line(torchrun_output) == "ValueError: bad shape"
+    assert g.error_line("note: x\nerror: no rows left\nE1207 failed (exitcode: 2)\n") == "error: no rows left"
+    with pytest.raises(TimeoutError, match="timed out after 1 s"):
+        g.run_logged(["sleep", "30"], tmp_path / "sleep.log", 1)
+    with pytest.raises(RuntimeError, match="exit 3: error: it broke"):
+        g.run_logged(["bash", "-c", "echo 'error: it broke'; exit 3"], tmp_path / "fail.log", 10)
+
+
+@pytest.mark.slow
 def test_gpu_check_cpu_mode(tmp_path):
     env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1")
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--cpu", str(tmp_path)], env=env,
@@ -40,6 +75,7 @@ def test_gpu_check_cpu_mode(tmp_path):
     assert all(any(line.startswith(name) for line in proc.stdout.splitlines()) for name in CHECKS)
 
 
+@pytest.mark.slow
 def test_a_failing_check_is_recorded_and_the_others_run(tmp_path):
     """A check that cannot run (here: the GPU mode without CUDA) fails with one line; the run goes
     on and exits nonzero."""

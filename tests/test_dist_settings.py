@@ -68,3 +68,29 @@ def test_context_error_names_the_config_edit_for_a_4k_model(tiny_model_dir):
     assert "need 9216 positions" in msg and "is 4096" in msg
     assert '"max_position_embeddings": 16384 and "rope_theta": 40000' in msg
     assert msg.endswith("or lower data.max_response_tokens")
+
+
+def test_merged_lora_state_is_merge_and_unload(tiny_model_dir):
+    """What rank 0 writes under torchrun from the gathered LoRA model equals PEFT's own merge."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    from srft.models.loading import merged_lora_state, tied_duplicates
+
+    model, _, _ = load_model_and_tokenizer(ModelConfig(path=str(tiny_model_dir), lora_rank=4, lora_alpha=8),
+                                           for_training=True)
+    torch.manual_seed(1)
+    with torch.no_grad():  # B starts at zero: give the adapters something to merge
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    want = copy.deepcopy(model).merge_and_unload().state_dict()
+    got = merged_lora_state(model.get_base_model(), model.state_dict())
+    assert set(got) == set(want)
+    for name, t in want.items():
+        torch.testing.assert_close(got[name], t, rtol=1e-6, atol=1e-6)
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    moved = max((got[name] - t).abs().max().item() for name, t in plain.items())
+    assert moved > 1e-2, "the merge changed nothing: the test shows nothing"
+    assert tied_duplicates(model.get_base_model()) == {"lm_head.weight"}

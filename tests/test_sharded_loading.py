@@ -86,3 +86,15 @@ def test_no_rank_holds_the_whole_float32_model(runs):
         assert old > full_mib, f"today's path held {old:.0f} MiB, less than the model: the measure is off"
         assert new < 0.6 * old, f"rank {rank}: sharded load peaked {new:.0f} MiB above start, today's {old:.0f}"
         assert new < full_mib, f"rank {rank}: the sharded load held {new:.0f} MiB, a whole float32 model's worth"
+
+
+def test_lora_on_two_ranks_exports_the_merged_model(tmp_path, base_cache_dir):
+    """Under torchrun the saved model is the plain merged one (PEFT's save_pretrained wrote the
+    adapters alone), without a second copy of the tied embedding, as one process saves it."""
+    from test_distributed import _common, assert_same_weights, run_srft, weights
+
+    for ranks, name in ((1, "one"), (2, "two")):
+        run_srft(ranks, _common(tmp_path / name, base_cache_dir, 2, ["model.lora_rank=4"]))
+    assert not (tmp_path / "two" / "model" / "adapter_config.json").exists()
+    assert set(weights(tmp_path / "one")) == set(weights(tmp_path / "two"))
+    assert_same_weights(tmp_path / "one", tmp_path / "two")

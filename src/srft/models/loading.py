@@ -357,16 +357,54 @@ def save_model(model, tokenizer, out_dir, dist=None) -> None:
 
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if dist.main:
+            if is_peft(model):  # PEFT's save_pretrained would write the adapters alone
+                model = model.get_base_model()
+                full = merged_lora_state(model, full)
+            # gathered, a tied head is a tensor of its own: written, it would double the embedding's bytes
+            for name in tied_duplicates(model):
+                full.pop(name, None)
             model.save_pretrained(out_dir, state_dict=full, safe_serialization=True)
             tokenizer.save_pretrained(out_dir)
         dist.barrier()
         return
-    if hasattr(model, "merge_and_unload") and hasattr(model, "peft_config"):
+    if is_peft(model):
         import copy
 
         model = copy.deepcopy(model).merge_and_unload()
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
+
+
+def is_peft(model) -> bool:
+    return hasattr(model, "merge_and_unload") and hasattr(model, "peft_config")
+
+
+def tied_duplicates(model) -> set[str]:
+    """Names under which a parameter appears a second time (a head tied to the embedding)."""
+    return ({n for n, _ in model.named_parameters(remove_duplicate=False)}
+            - {n for n, _ in model.named_parameters()})
+
+
+def merged_lora_state(base, full: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The plain model's tensors from a PEFT model's whole state (gathered FSDP2 shards; ``base``: its
+    ``get_base_model()``): each adapted weight W + scaling * B @ A, named as in the base model, as
+    ``merge_and_unload`` makes them."""
+    prefix = "base_model.model."
+    scaling = {prefix + name: m.scaling["default"] for name, m in base.named_modules()
+               if hasattr(m, "lora_A") and "default" in getattr(m, "scaling", {})}
+    out = {}
+    for name, t in full.items():
+        if ".lora_" in name:
+            continue
+        if ".base_layer." in name:
+            layer, param = name.split(".base_layer.")
+            if param == "weight" and layer in scaling:
+                a_RI = full[f"{layer}.lora_A.default.weight"].float()
+                b_OR = full[f"{layer}.lora_B.default.weight"].float()
+                t = (t.float() + scaling[layer] * (b_OR @ a_RI)).to(t.dtype)
+            name = f"{layer}.{param}"
+        out[name.removeprefix(prefix)] = t
+    return out
 
 
 def check_context(model, prompt_tokens: int, response_tokens: int, what: str) -> None:

@@ -33,6 +33,9 @@ poisons its CUDA context does not stop the others):
   calls under torchrun; with one rank ``wrap_model`` itself does not shard), one SRFT step; loss,
   gradient norm and loss after the update equal the non-distributed step's (float32: 1e-4;
   bf16: FSDP2 casts every parameter to bf16 where autocast keeps norms in float32, so 2e-2).
+  Then srft's loading under torchrun (``load_sharded``: meta-device build, FSDP2, ``to_empty`` on
+  the device, each rank's rows read from safetensors) of that model saved to disk: the weights
+  exactly, and its bf16 step with gradient checkpointing equal to the sharded one's.
 - ``srft_train_torchrun``: ``torchrun --nproc_per_node 1 -m srft train`` for 2 steps with a tiny
   random Llama and the built-in character tokenizer (bf16, gradient checkpointing, HF engine):
   it exits 0 and every step's loss and gradient norm are finite. One rank runs srft's
@@ -247,8 +250,8 @@ def train_step(model, data: StepData, obj, device, max_len: int, clip: float = 1
     opt.step()
     with torch.no_grad():
         after, _ = srft_loss(model, data, obj, device, max_len, head)
-    return dict(loss=float(loss), grad_norm=grad_norm, loss_after=float(after),
-                scale=sum(abs(float(v)) for v in reduced.values()))
+    return dict(loss=float(loss.detach()), grad_norm=grad_norm, loss_after=float(after),
+                scale=sum(abs(float(v.detach())) for v in reduced.values()))
 
 
 def rel_diff(a: dict, ref: dict) -> float:
@@ -360,7 +363,7 @@ def check_train_memory(mode: str) -> dict:
         loss, _ = srft_loss(model, data, obj, device, max_len, head)
         loss.backward()
         sync(device)
-        return float(loss), time.perf_counter() - t0
+        return float(loss.detach()), time.perf_counter() - t0
 
     _, first_s = fwd_bwd()  # the first pass also warms up the kernels
     opt.step()  # AdamW's state now exists, as in every later step
@@ -451,7 +454,9 @@ def check_fsdp_torchrun(mode: str, out_dir: Path, deadline: float) -> dict:
 
 
 def fsdp_worker(mode: str, out_dir: Path) -> None:
-    """Under torchrun: one SRFT step of a model sharded as srft shards it, against the same step unsharded."""
+    """Under torchrun: one SRFT step of a model sharded as srft shards it, against the same step
+    unsharded; then the model loaded as srft loads it under torchrun (``load_sharded``)."""
+    import copy
     from datetime import timedelta
 
     import torch
@@ -476,17 +481,17 @@ def fsdp_worker(mode: str, out_dir: Path) -> None:
     out = dict(backend=dist.get_backend(), world=world)
     ok = True
     try:
+        steps = {}
         for dtype in ("float32", "bfloat16"):
             ref = train_step(autocast_copy(model0, device, dtype), data, obj, device, max_len)
-            import copy
-
             sharded = shard_model(copy.deepcopy(model0).to(device), DTYPES[dtype], d)
-            got = train_step(sharded, data, obj, device, max_len)
+            got = steps[dtype] = train_step(sharded, data, obj, device, max_len)
             short = "fp32" if dtype == "float32" else "bf16"
             diff = rel_diff(got, ref)
             out[f"loss_{short}"] = got["loss"]
             out[f"rel_{short}"] = diff
             ok = ok and within(diff, dtype)
+        ok = sharded_load(model0, d, device, data, obj, max_len, steps["bfloat16"], out_dir / "tiny_qwen2", out) and ok
         out["ok"] = ok
     except Exception as e:  # recorded, then the group is left in order
         out.update(ok=False, error=one_line(e))
@@ -494,6 +499,33 @@ def fsdp_worker(mode: str, out_dir: Path) -> None:
     if rank == 0:
         write_json(out_dir / "parts" / "fsdp_worker.json", out)
     dist.destroy_process_group()
+
+
+def sharded_load(model0, d, device, data: StepData, obj, max_len: int, ref: dict, path: Path, out: dict) -> bool:
+    """srft's loading under torchrun: the model built on the meta device, sharded, then moved to the
+    device empty and filled from the safetensors files (``load_sharded``; with one rank ``load_for_training``
+    itself loads the whole model). Its weights must be the saved ones exactly, and its step (bf16,
+    gradient checkpointing) the bf16 sharded step's (same arithmetic; checkpointing recomputes)."""
+    from srft.config import ModelConfig
+    from srft.distributed import full_state_dict
+    from srft.models import loading
+
+    if not hasattr(loading, "load_sharded"):
+        out["sharded_load"] = "n/a (srft.models.loading has no load_sharded)"
+        return True
+    model0.save_pretrained(path)
+    model = loading.load_sharded(path, ModelConfig(dtype="bfloat16", gradient_checkpointing=True), d, device)
+    if model is None:
+        raise RuntimeError("load_sharded found no safetensors parameters to load")
+    saved, loaded = model0.state_dict(), full_state_dict(model)
+    missing = sorted(set(saved) - set(loaded))
+    out["load_max_diff"] = max(float((loaded[k].float().cpu() - v.float()).abs().max()) for k, v in saved.items()
+                               if k in loaded)
+    got = train_step(model, data, obj, device, max_len)
+    out["rel_loaded_bf16"] = diff = rel_diff(got, ref)
+    if missing:
+        out["load_missing"] = missing[:3]
+    return not missing and out["load_max_diff"] == 0.0 and diff <= RTOL_BF16
 
 
 def write_tiny_llama(path: Path) -> Path:

@@ -88,11 +88,12 @@ LIMITS = {
     "srft_train_torchrun": (100, 120),
 }
 
-# Shapes of each mode: the GPU mode's are the issue's; the CPU mode's keep the same code paths small.
+# Shapes of each mode: the GPU mode's are the issue's; the CPU mode's keep the same code paths small (its
+# 1,200 response tokens still span more than one of the head's chunks at its default size, the last ragged).
 SHAPES = {
     "gpu": dict(big="qwen2.5-1.5b", prompt_tokens=1024, response_tokens=8192, gen_prompts=8, gen_prompt_tokens=64,
                 gen_new_tokens=256),
-    "cpu": dict(big="tiny", prompt_tokens=32, response_tokens=128, gen_prompts=4, gen_prompt_tokens=8,
+    "cpu": dict(big="tiny", prompt_tokens=64, response_tokens=1200, gen_prompts=4, gen_prompt_tokens=8,
                 gen_new_tokens=16),
 }
 
@@ -343,13 +344,16 @@ def check_train_memory(mode: str) -> dict:
     shapes = SHAPES[mode]
     device = "cuda" if mode == "gpu" else "cpu"
     cfg = qwen_config(shapes["big"])
-    model = build_model(shapes["big"], device)
-    # as srft's loading enables it, with the non-reentrant variant FSDP2 needs (issue 21, item 10)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     from srft.config import ModelConfig
-    from srft.models.loading import wrap_model
+    from srft.models import loading
 
-    model = wrap_model(model, ModelConfig(dtype="bfloat16"))
+    model = build_model(shapes["big"], device)
+    # as srft's loading enables it: non-reentrant (issue 21, item 10)
+    if hasattr(loading, "enable_checkpointing"):
+        loading.enable_checkpointing(model)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = loading.wrap_model(model, ModelConfig(dtype="bfloat16"))
     n_params = sum(p.numel() for p in model.parameters())
     # one demonstration of the full length (SFT and off-policy terms)
     data = StepData(cfg.vocab_size, cfg.pad_token_id, [shapes["prompt_tokens"]], [shapes["response_tokens"]],
@@ -365,15 +369,19 @@ def check_train_memory(mode: str) -> dict:
         sync(device)
         return float(loss.detach()), time.perf_counter() - t0
 
-    _, first_s = fwd_bwd()  # the first pass also warms up the kernels
-    opt.step()  # AdamW's state now exists, as in every later step
-    opt.zero_grad(set_to_none=True)
     out = dict(model=shapes["big"], params_b=n_params / 1e9, tokens=f"{shapes['prompt_tokens']}+{shapes['response_tokens']}",
-               weights="fp32 master + AdamW state, bf16 autocast", head=head_name(), head_kwargs=head_kwargs(), first_s=first_s)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-    loss, seconds = fwd_bwd()
+               weights="fp32 master + AdamW state, bf16 autocast", head=head_name(), head_kwargs=head_kwargs())
+    try:
+        _, out["first_s"] = fwd_bwd()  # the first pass also warms up the kernels
+        opt.step()  # AdamW's state now exists, as in every later step
+        opt.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+        loss, seconds = fwd_bwd()
+    except torch.cuda.OutOfMemoryError as e:  # the figure at the failure, and torch's own line shortened
+        out.update(ok=False, error=one_line(e)[:200], peak_gb=torch.cuda.max_memory_allocated() / 1e9)
+        return out
     out.update(loss=loss, fwd_bwd_s=seconds)
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated()

@@ -793,6 +793,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fsdp-worker", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     mode = "cpu" if a.cpu else "gpu"
+    a.out_dir = a.out_dir.resolve()  # the paths given to srft train and torchrun's workers
     use_this_tree()
     if a.fsdp_worker:
         fsdp_worker(mode, a.out_dir)

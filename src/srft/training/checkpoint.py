@@ -59,6 +59,7 @@ from srft.rundir import (
 from srft.training.safe_load import (
     CONVERT_HINT,
     UnsafeFileError,
+    check_shard_entries,
     load_torch_file,
     read_shard_metadata,
     shard_planner,
@@ -258,8 +259,9 @@ def load_checkpoint(run_dir: Path, model, dist: Dist = SINGLE) -> dict:
                 _check_fits(model, weights)
         except (Exception, _DcpError) as e:  # a corrupt or foreign file: pickle's, zipfile's, torch's, DCP's errors
             unsafe += [path] if _is_unsafe(e) else []
-            problems.append(f"{path.name}: {_first_line(e)}")
-            print(f"warning: checkpoint {path} is unusable ({problems[-1]}); trying an older one", file=sys.stderr)
+            problems.append(f"{path.name}: {getattr(e, 'core', None) or _first_line(e)}")  # (the hint: once, below)
+            print(f"warning: checkpoint {path} is unusable ({path.name}: {_first_line(e)}); trying an older one",
+                  file=sys.stderr)
             continue
         if sharded:  # each rank read its own share (a whole copy in one process)
             from torch.distributed.checkpoint.state_dict import set_model_state_dict
@@ -273,7 +275,7 @@ def load_checkpoint(run_dir: Path, model, dist: Dist = SINGLE) -> dict:
             model.load_state_dict(weights)
         state["path"] = path
         return state
-    if unsafe:  # the messages above name the files; one command converts them all
+    if unsafe:  # the messages above name the files; one command converts them all (shards: no)
         raise CheckpointError(f"no usable checkpoint in {run_dir}: {unsafe[0].name}'s files ask to run code, "
                               f"so they are not loaded ({'; '.join(problems)}); if you trust where the run comes "
                               f"from, convert its checkpoints with: {CONVERT_HINT} {run_dir}")
@@ -282,10 +284,8 @@ def load_checkpoint(run_dir: Path, model, dist: Dist = SINGLE) -> dict:
 
 
 def _is_unsafe(e: BaseException) -> bool:
-    failures = getattr(e, "failures", None)  # a distributed checkpoint's: the ranks' own errors
-    if isinstance(failures, dict):
-        return any(_is_unsafe(inner) for inner, _ in failures.values())
-    return isinstance(e, UnsafeFileError)
+    """A torch.save file refused as unsafe: ``srft convert-checkpoint`` rewrites it, if trusted."""
+    return isinstance(e, UnsafeFileError) and e.convertible
 
 
 def check_trainer_state(state, sharded: bool, model) -> None:
@@ -415,7 +415,9 @@ def _load_shards(path: Path, model) -> dict:
     torchrun, whole tensors in one process), in a copy: the model is written only once they loaded."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    saved = read_shard_metadata(path / SHARDS).state_dict_metadata
+    metadata = read_shard_metadata(path / SHARDS)
+    check_shard_entries(path / SHARDS, metadata)  # the optimiser's too: resuming reads them later
+    saved = metadata.state_dict_metadata
     own = get_model_state_dict(model)
     shapes = {k[len("model."):]: tuple(getattr(v, "size", ())) for k, v in saved.items() if k.startswith("model.")}
     missing, extra = set(own) - set(shapes), set(shapes) - set(own)
@@ -501,8 +503,8 @@ def convert_checkpoints(target: Path, say=print) -> int:
                 converted += 1
         if is_sharded_checkpoint(d):
             try:
-                read_shard_metadata(d / SHARDS)
-            except (UnsafeFileError, ValueError) as e:
+                check_shard_entries(d / SHARDS, read_shard_metadata(d / SHARDS))
+            except (UnsafeFileError, ValueError, OSError) as e:
                 say(f"{d / SHARDS}: not converted ({_first_line(e)}); remove that checkpoint directory to "
                     f"resume from an older one")
     say(f"{converted} file(s) converted" if converted else f"nothing to convert: every checkpoint file in {target} "

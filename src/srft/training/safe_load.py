@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import io
 import pickle
+import re
 from pathlib import Path, PurePath
 
 import torch
@@ -34,7 +35,20 @@ CONVERT_HINT = "srft convert-checkpoint"
 
 
 class UnsafeFileError(pickle.UnpicklingError):
-    """A checkpoint file that would import something srft never saves; it is not loaded."""
+    """A checkpoint file that would import something srft never saves; it is not loaded.
+    ``convertible``: a torch.save file, which ``srft convert-checkpoint`` can rewrite if trusted."""
+
+    convertible = False
+
+
+class UnsafeTorchFile(UnsafeFileError):
+    """``core``: the message without the conversion hint (for a list of several files' problems)."""
+
+    convertible = True
+
+    def __init__(self, core: str, hint: str):
+        super().__init__(f"{core} ({hint})")
+        self.core = core
 
 
 # --------------------------------------------------------------------------- torch.save files
@@ -75,25 +89,30 @@ def load_torch_file(path: Path):
     path = Path(path)
     foreign = _foreign_globals(path)
     if foreign:
-        raise UnsafeFileError(unsafe_message(path, foreign))
+        raise UnsafeTorchFile(unsafe_message(path, foreign), convert_hint(path))
     try:
         with torch.serialization.safe_globals(_legacy_numpy()):
             return torch.load(path, weights_only=True)
     except pickle.UnpicklingError as e:  # e.g. a global pushed at run time that the scan above cannot see
-        raise UnsafeFileError(unsafe_message(path, [_first_line(e)])) from None
+        raise UnsafeTorchFile(unsafe_message(path, [_first_line(e)]), convert_hint(path)) from None
 
 
 def unsafe_message(path: Path, what: list[str]) -> str:
-    return (f"{path.parent.name}/{path.name} asks to import {', '.join(what[:3])}"
-            f"{' ...' if len(what) > 3 else ''}, which srft never saves: not loaded, since loading it could run "
-            f"code (if you trust where it comes from, convert it: {CONVERT_HINT} {path.parent})")
+    return (f"{path.name} asks to import {', '.join(what[:3])}{' ...' if len(what) > 3 else ''}, which srft "
+            f"never saves: not loaded, since loading it could run code")
+
+
+def convert_hint(path: Path) -> str:
+    return f"if you trust where it comes from, convert it: {CONVERT_HINT} {path.parent}"
 
 
 def _first_line(e: BaseException) -> str:
+    """What a refused ``weights_only`` load asked for: the global's name where torch's long message
+    (advice first) names one ("Unsupported global: GLOBAL posix.system ..."), else its first line."""
     text = str(e).strip()
-    for line in text.splitlines():  # torch's message starts with advice; the cause is its "Unsupported global"
-        if "Unsupported global" in line or "GLOBAL" in line:
-            return line.strip()
+    found = re.search(r"GLOBAL:? ?([\w.]+)", text)
+    if found:
+        return found.group(1)
     return text.splitlines()[0] if text else type(e).__name__
 
 
@@ -164,6 +183,24 @@ def read_shard_metadata(path: Path):
             raise ValueError(f"{meta_file.parent.name}/{meta_file.name} asks for read transforms "
                              f"{info.transform_descriptors!r}, which srft never writes")
     return metadata
+
+
+def check_shard_entries(path: Path, metadata) -> None:
+    """Load each non-tensor entry of the shards in ``path`` (an optimiser's hyperparameters: small)
+    with ``weights_only=True``, so that one asking to run code is found before anything loads."""
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+
+    for index, info in (metadata.storage_data or {}).items():
+        if not isinstance(metadata.state_dict_metadata.get(index.fqn), BytesStorageMetadata):
+            continue
+        with open(Path(path) / info.relative_path, "rb") as f:  # a plain name: read_shard_metadata checked
+            f.seek(info.offset)
+            data = f.read(info.length)
+        try:
+            torch.load(io.BytesIO(data), weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise UnsafeFileError(f"{Path(path).name}/{info.relative_path}: its entry {index.fqn} asks to import "
+                                  f"{_first_line(e)}: not loaded, since loading it could run code") from None
 
 
 def shard_reader(path: Path):

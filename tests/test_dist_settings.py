@@ -94,3 +94,42 @@ def test_merged_lora_state_is_merge_and_unload(tiny_model_dir):
     moved = max((got[name] - t).abs().max().item() for name, t in plain.items())
     assert moved > 1e-2, "the merge changed nothing: the test shows nothing"
     assert tied_duplicates(model.get_base_model()) == {"lm_head.weight"}
+
+
+def test_load_whole_reads_every_file_of_a_split_checkpoint(tiny_model_dir, tmp_path):
+    """The HF engine's copy, read tensor by tensor from a checkpoint split over several files (an
+    index), equals transformers' own load: tied head, rotary buffers and all."""
+    from transformers import AutoModelForCausalLM
+
+    from srft.models.loading import load_whole, safetensors_index
+
+    AutoModelForCausalLM.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "split", max_shard_size="20KB")
+    files = safetensors_index(tmp_path / "split")
+    assert len(set(files.values())) > 2
+    model = load_whole(tmp_path / "split", torch.bfloat16, torch.device("cpu"))
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "split", dtype=torch.bfloat16)
+    want = plain.state_dict()
+    got = model.state_dict()
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    for name, b in plain.named_buffers():
+        torch.testing.assert_close(dict(model.named_buffers())[name].float(), b.float())
+    ids = torch.tensor([[5, 6, 7, 8]])
+    torch.testing.assert_close(model(input_ids=ids).logits, plain(input_ids=ids).logits)
+
+
+def test_sharded_loading_falls_back_without_safetensors_by_name(tiny_model_dir, tmp_path):
+    """A checkpoint without safetensors files, or one whose tensor names are not the model's, takes
+    the whole-model path (the caller is told by None)."""
+    from srft.models.loading import build_empty, parameter_sources, safetensors_index
+
+    (tmp_path / "bin").mkdir()  # what matters: no *.safetensors (transformers 5 writes no .bin any more)
+    (tmp_path / "bin" / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    assert safetensors_index(tmp_path / "bin") is None
+    files = safetensors_index(tiny_model_dir)
+    model = build_empty(tiny_model_dir, torch.float32)
+    assert next(model.parameters()).is_meta and not next(model.buffers()).is_meta
+    sources = parameter_sources(model, files)
+    assert sources is not None and "lm_head.weight" not in sources  # the tied head is the embedding
+    renamed = {k.replace("model.layers.", "transformer.h."): v for k, v in files.items()}
+    assert parameter_sources(model, renamed) is None

@@ -13,12 +13,13 @@ poisons its CUDA context does not stop the others):
   summation order differs; TF32 is off). bfloat16 keeps 8 significant bits: one rounding is
   at most 2^-9 = 0.2% relative, and a forward and backward through a few layers add a few such
   roundings, so bf16 autocast (CUDA or CPU) agrees with float32 CPU to ``RTOL_BF16`` = 2e-2
-  (about ten roundings) on the loss, the gradient norm and the loss after the update; a loss
-  that is a sum of terms of both signs is compared with an absolute floor of RTOL times the
-  sum of its terms' magnitudes. A bf16 figure equal to the float32 one fails too: the pass did
-  not run in bf16. Measured on the CPU: bf16 autocast differs by 4.5e-4 (40x inside the
-  tolerance). A real defect (a dropped mask, a wrong dtype, a term lost on one device) moves
-  these figures by far more.
+  (about ten roundings) on the loss, the gradient norm, the loss after the update and each
+  loss term (a loss that is a sum of terms of both signs is compared with an absolute floor
+  of RTOL times the sum of its terms' magnitudes; each term against its own magnitude). A
+  bf16 figure equal to the float32 one fails too: the pass did not run in bf16. Measured on
+  the CPU: bf16 autocast differs by at most 4e-4 (50x inside the tolerance; each term by at
+  most 1.5e-4). A real defect (a dropped mask, a wrong dtype, a term lost on one device)
+  moves these figures by far more (a lost term: 1).
 - ``train_memory``: peak GPU memory (``torch.cuda.max_memory_allocated``) and time of one training
   micro-batch (forward + backward) of one sequence of 1,024 prompt + 8,192 response tokens on a
   Qwen2.5-1.5B-shaped model with random weights: float32 master weights (and AdamW state, made
@@ -251,19 +252,24 @@ def train_step(model, data: StepData, obj, device, max_len: int, clip: float = 1
     opt.step()
     with torch.no_grad():
         after, _ = srft_loss(model, data, obj, device, max_len, head)
-    return dict(loss=float(loss.detach()), grad_norm=grad_norm, loss_after=float(after),
-                scale=sum(abs(float(v.detach())) for v in reduced.values()))
+    terms = {n: float(v.detach()) for n, v in reduced.items()}
+    return dict(loss=float(loss.detach()), grad_norm=grad_norm, loss_after=float(after), terms=terms,
+                scale=sum(abs(v) for v in terms.values()))
 
 
 def rel_diff(a: dict, ref: dict) -> float:
-    """Largest relative difference of loss, gradient norm and loss after the update; a loss is
-    measured against the magnitude of its terms (they may cancel)."""
+    """Largest relative difference of loss, gradient norm, loss after the update and each loss term.
+    A loss is measured against the magnitude of its terms (they may cancel); each term against its
+    own, so that a small term lost or doubled on one side (the entropy bonus is 1e-5 of the total
+    here) shows; a term that is 0 on one side must be 0 on the other to 1e-6 of the total."""
+    pairs = [(a[k], ref[k], abs(ref[k]) if k == "grad_norm" else max(abs(ref[k]), ref["scale"]))
+             for k in ("loss", "grad_norm", "loss_after")]
+    pairs += [(a["terms"].get(n, math.nan), r, abs(r) if r else 1e-6 * ref["scale"]) for n, r in ref["terms"].items()]
     worst = 0.0
-    for key in ("loss", "grad_norm", "loss_after"):
-        if not (math.isfinite(a[key]) and math.isfinite(ref[key])):
+    for got, want, denom in pairs:
+        if not (math.isfinite(got) and math.isfinite(want)):
             return math.inf
-        denom = abs(ref[key]) if key == "grad_norm" else max(abs(ref[key]), ref["scale"])
-        worst = max(worst, abs(a[key] - ref[key]) / max(denom, 1e-12))
+        worst = max(worst, abs(got - want) / max(denom, 1e-12))
     return worst
 
 
@@ -322,7 +328,8 @@ def check_srft_step(mode: str) -> dict:
     obj, max_len = srft_objective(), 64
     ref = train_step(autocast_copy(model0, "cpu", "float32"), data, obj, "cpu", max_len)
     out = dict(loss=ref["loss"], grad_norm=ref["grad_norm"], loss_after=ref["loss_after"], rtol_bf16=RTOL_BF16,
-               rtol_fp32=RTOL_FP32, head_kwargs=head_kwargs(chunk=16))
+               rtol_fp32=RTOL_FP32, head_kwargs=head_kwargs(chunk=16),
+               terms={n: v for n, v in ref["terms"].items() if v})
     variants = [("cpu", "bfloat16")]
     if mode == "gpu":
         variants += [("cuda", "float32"), ("cuda", "bfloat16")]
@@ -750,6 +757,8 @@ def fallback_environment() -> dict:
 def fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {fmt(x)}" for k, x in v.items()) + "}"
     return str(v)
 
 

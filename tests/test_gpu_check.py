@@ -27,11 +27,16 @@ def load_script():
 
 def test_tolerances_and_budget():
     g = load_script()
-    ref = dict(loss=2.0, grad_norm=4.0, loss_after=1.0, scale=10.0)
+    terms = dict(sft=6.0, neg=-4.0, entropy_bonus=-1e-3, kl=0.0)
+    ref = dict(loss=2.0, grad_norm=4.0, loss_after=1.0, scale=10.0, terms=terms)
     # the loss is measured against its terms' magnitude (10), the gradient norm against itself
     assert g.rel_diff(dict(ref, loss=2.1), ref) == pytest.approx(0.01)
     assert g.rel_diff(dict(ref, grad_norm=4.2), ref) == pytest.approx(0.05)
     assert g.rel_diff(dict(ref, loss=float("nan")), ref) == float("inf")
+    # each term against its own magnitude: a small term lost shows, as does one that should be 0
+    assert g.rel_diff(dict(ref, terms=dict(terms, entropy_bonus=0.0)), ref) == pytest.approx(1.0)
+    assert g.rel_diff(dict(ref, terms=dict(terms, kl=1e-3)), ref) > 1
+    assert g.rel_diff(ref, ref) == 0.0
     assert g.within(1e-3, "bfloat16") and not g.within(0.0, "bfloat16") and not g.within(0.05, "bfloat16")
     assert g.within(0.0, "float32") and not g.within(1e-3, "float32")
     # the GPU mode's limits fit its budget, and the budget (with one stop's grace) 8 minutes

@@ -355,7 +355,6 @@ def test_a_planted_config_yaml_is_refused_on_resume(run, marker, capsys):
     assert err.startswith(f"error: {b / rundir.CONFIG}: not valid YAML")
 
 
-@pytest.mark.xfail(strict=True, reason="config.load_config quotes PyYAML's multi-line message (issue 25 note)")
 def test_a_planted_config_yaml_is_one_line(run, marker, capsys):
     b = run()
     (b / rundir.CONFIG).write_text(YAML_PAYLOAD.format(marker=marker))
@@ -480,3 +479,19 @@ def test_the_shard_loader_itself_loads_non_tensor_entries_the_safe_way(tmp_path,
     assert "lr asks to import posix.system" in ckpt_mod._first_line(caught.value)
     ckpt_mod._dcp_load(target := {"w": torch.zeros(2)}, tmp_path / "s")  # what is plain still loads
     assert torch.equal(target["w"], torch.ones(2))
+
+
+@pytest.mark.parametrize("text", ["not json", '{"demos": [1, 2]}', '{"demos": {"0": "abc"}, "cost": {}}', '{"cost": {}}'])
+def test_a_malformed_bootstrap_file_is_one_error_naming_it(tmp_path, text):
+    """RUN/bootstrap.json (the demonstrations collected before step 1) that is not what srft wrote."""
+    from types import SimpleNamespace
+
+    from srft.config import Config
+    from srft.rundir import RunDirError
+    from srft.training.bootstrap import FILE, ensure_bootstrap
+
+    cfg = Config()
+    cfg.objective.demo_source = "rejection"
+    (tmp_path / FILE).write_text(text)
+    with pytest.raises(RunDirError, match="bootstrap.json is not what srft wrote.*delete it"):
+        ensure_bootstrap(SimpleNamespace(cfg=cfg), SimpleNamespace(pool={}), tmp_path, say=lambda *a: None)

@@ -509,7 +509,7 @@ def load_config(preset: str | None = "srft", config_file: str | None = None,
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"{source}: not valid YAML: {e}") from e
+            raise ConfigError(f"{source}: not valid YAML: {' '.join(str(e).split())}") from e
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
         _apply(cfg, data, source)

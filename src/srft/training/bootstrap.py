@@ -79,10 +79,17 @@ def ensure_bootstrap(t, pool, run_dir: Path, say=print) -> dict | None:
         return None
     path = Path(run_dir) / FILE
     if path.exists():
-        doc = json.loads(path.read_text())
-        pool.pool = {int(i): list(d) for i, d in doc["demos"].items()}
+        try:
+            doc = json.loads(path.read_text())
+            pool.pool = {int(i): [int(x) for x in d] for i, d in doc["demos"].items()}
+            cost = doc["cost"]
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            from srft.rundir import RunDirError
+
+            raise RunDirError(f"{path} is not what srft wrote ({type(e).__name__}: {e}); delete it to collect "
+                              f"the demonstrations again") from None
         say(f"bootstrapped demonstrations ({source}): {len(pool.pool)} read from {path}")
-        return doc["cost"]
+        return cost
     demos, cost = collect_demos(t, source)
     pool.pool = demos
     if t.dist.main:

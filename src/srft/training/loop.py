@@ -67,7 +67,6 @@ mean over a micro-batch, which holds one rank's sequences only.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
@@ -87,7 +86,7 @@ from srft import rundir
 from srft.config import Config, ConfigError, ObjectiveConfig, save_config, with_step_counts
 from srft.distributed import SINGLE, Dist, init_from_env, local_tensor, shutdown
 from srft.evaluation.sampling import evaluate_splits as evaluate_test_splits
-from srft.models.loading import DTYPES, check_context, load_model_and_tokenizer, save_model, wrap_model
+from srft.models.loading import DTYPES, check_context, load_for_training, save_model
 from srft.objective import (
     TERMS,
     agg_loss,
@@ -245,9 +244,11 @@ def _train(cfg: Config, run_dir: Path | None, resume: bool, dist: Dist) -> Path:
     model_cfg = cfg.model
     if dist.enabled and torch.cuda.is_available() and cfg.model.device in ("auto", "cuda"):
         model_cfg = dataclasses.replace(cfg.model, device=f"cuda:{dist.local_rank}")
-    model, tokenizer, model_path = load_model_and_tokenizer(model_cfg, task_name=cfg.data.task,
-                                                            progress=cfg.run.progress and dist.main,
-                                                            for_training=True)
+    # Under torchrun: built on the meta device, sharded, each rank reading only its rows from the
+    # files (no rank holds the whole float32 model); the HF engine's whole copy in the compute dtype.
+    model, tokenizer, model_path, engine_model = load_for_training(
+        model_cfg, dist, task_name=cfg.data.task, progress=cfg.run.progress and dist.main,
+        engine_copy=dist.enabled and cfg.rollout.engine == "hf")
     device = next(model.parameters()).device
     train_rows = task.generate("train", cfg.data.train_size, cfg.data.seed)
     train_set, report = encode_rows(train_rows, tokenizer, cfg.data, name="train", need_demo=needs_expert(cfg.objective))
@@ -264,9 +265,6 @@ def _train(cfg: Config, run_dir: Path | None, resume: bool, dist: Dist) -> Path:
     # Only now, with every input checked, does the run get a directory (rank 0 names it).
     run_dir = Path(dist.broadcast(str(run_dir or make_run_dir(cfg)) if dist.main else None))
     run_dir.mkdir(parents=True, exist_ok=True)
-    # Under torchrun the HF engine samples from a full copy of its own, refreshed after each update.
-    engine_model = copy.deepcopy(model) if dist.enabled and cfg.rollout.engine == "hf" else None
-    model = wrap_model(model, cfg.model, dist)
     ref_model = None
     if cfg.objective.kl_coef > 0:  # frozen, in the compute dtype; whole on every rank
         from transformers import AutoModelForCausalLM

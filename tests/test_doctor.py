@@ -179,6 +179,7 @@ def test_prompts_longer_than_the_context_window(cache):
     findings = check_prompts(_ctx([cache, "data.template=reasoning", *SMALL], prompts=1))
     problems = _levels(findings, PROBLEM)
     assert len(problems) == 1 and "more than the model's context window of 256" in problems[0]
+    assert '"max_position_embeddings": 16384' in problems[0]  # the config edit a 4k-context model needs
 
 
 def test_gpqa_questions_are_never_printed(tmp_path, tiny_model_dir):

@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from srft.models.loading import CONTEXT_FIX
+
 OK, WARN, PROBLEM = "ok", "warn", "problem"
 
 # thresholds
@@ -255,7 +257,7 @@ def check_prompts(ctx: Context) -> list[Finding]:
             out.append(Finding(name, PROBLEM, f"encoded prompts reach {longest} tokens: with responses of up to "
                                               f"data.max_response_tokens={cfg.data.max_response_tokens} that is more "
                                               f"than the model's context window of {window}; shorten the prompts "
-                                              f"(system prompt, data.template) or the responses"))
+                                              f"(system prompt, data.template), or {CONTEXT_FIX}"))
         elif longest > cfg.data.max_prompt_tokens:
             out.append(Finding(name, WARN, f"encoded prompts reach {longest} tokens, above data.max_prompt_tokens="
                                            f"{cfg.data.max_prompt_tokens}, which counts the prompt text only (the "

@@ -235,3 +235,22 @@ def test_the_output_projection_is_restored_after_the_call():
     assert "forward" not in model.lm_head.__dict__
     logits = model(input_ids=batch["input_ids_BL"]).logits
     assert logits.shape[-1] == model.config.vocab_size
+
+
+@pytest.mark.slow
+def test_the_head_benchmark_runs_and_the_chunked_head_holds_less(tmp_path):
+    """benchmarks/loss_head.py at a short length (the real vocabulary): both paths run, give the
+    same loss, and the chunked one's peak is below the plain one's."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "loss_head.py"
+    out = tmp_path / "rows.json"
+    subprocess.run([sys.executable, str(script), "--prompt", "32", "--responses", "256", "--repeats", "1",
+                    "--threads", "1", "--json", str(out)], check=True, capture_output=True, timeout=300)
+    plain, chunked = json.loads(out.read_text())
+    assert (plain["path"], chunked["path"]) == ("plain", "chunked")
+    assert chunked["loss"] == pytest.approx(plain["loss"], rel=1e-5)
+    assert chunked["peak_above_model_gb"] < plain["peak_above_model_gb"]

@@ -180,3 +180,18 @@ def test_the_engine_samples_from_its_own_stream(fake_vllm):
     assert b.generate(prompts, 2, 4) == first_a  # same seed, same samples
     assert c.generate(prompts, 2, 4) != first_a
     assert a.generate(prompts, 2, 4) != first_a  # the stream moves on from call to call
+
+
+def test_missing_vllm_is_a_one_line_config_error():
+    """The CLI prints a ConfigError in one line (exit 2): EngineError is one."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    from srft.config import ConfigError, load_config
+    from srft.rollout.engine import EngineError, build_engine
+
+    cfg = load_config("grpo", None, ["rollout.engine=vllm"])
+    with pytest.raises(EngineError, match=r"srft\[vllm\].*0\.32\.0") as err:
+        build_engine(cfg, torch.nn.Linear(2, 2), None, "unused")
+    assert isinstance(err.value, ConfigError) and "\n" not in str(err.value)

@@ -121,6 +121,7 @@ def _torchrun(script, *args, timeout=600):
                           env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow  # 2 ranks (~40 s here)
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux's /proc to reset peak RSS")
 def test_fsdp2_sync_peak_memory_is_one_tensor_not_the_model(tmp_path):
     script = tmp_path / "worker.py"
@@ -173,6 +174,7 @@ LORA_WORKER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # 2 ranks (~30 s here)
 def test_lora_merged_export_under_fsdp2_equals_one_process(tmp_path):
     pytest.importorskip("peft")
     script = tmp_path / "lora_worker.py"

@@ -92,7 +92,7 @@ def test_rank_slices_cover_every_prompt_once_in_order():
             assert max(map(len, parts)) - min(map(len, parts)) <= 1
 
 
-def _sharded_eval_worker(rank, world, init_file, out_dir):
+def _sharded_eval_worker(rank, world, init_file, out_dir, n_prompts=7):
     import json
 
     import torch.distributed as dist
@@ -101,11 +101,14 @@ def _sharded_eval_worker(rank, world, init_file, out_dir):
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        tok, task, engine, prompts = _setup(7)  # 7 prompts: uneven slices over 2 and 3 ranks
+        tok, task, engine, prompts = _setup(n_prompts)  # 7 prompts: uneven slices over 2 and 3 ranks
+        calls = []
+        generate = engine.generate
+        engine.generate = lambda p, *a, **k: calls.append(len(p)) or generate(p, *a, **k)
         res = evaluate_splits(engine, tok, task, prompts, 4, 1.0, 16, seed=11, keep_completions=True,
                               dist=Dist(rank=rank, world=world))
         with open(f"{out_dir}/rank{rank}.json", "w") as f:
-            json.dump(res, f)
+            json.dump({**res, "generate_calls": calls}, f)
     finally:
         dist.destroy_process_group()
 
@@ -123,4 +126,22 @@ def test_sharded_evaluation_equals_one_process(tmp_path):
         out.mkdir()
         mp.spawn(_sharded_eval_worker, args=(world, str(tmp_path / f"init{world}"), str(out)), nprocs=world)
         for rank in range(world):
-            assert json.loads((out / f"rank{rank}.json").read_text()) == one, (world, rank)
+            got = json.loads((out / f"rank{rank}.json").read_text())
+            assert got.pop("generate_calls") == [len(range(7)[rank_slice(7, rank, world)])] * 2  # one per split
+            assert got == one, (world, rank)
+
+
+def test_a_rank_with_no_prompts_still_calls_generate(tmp_path):
+    """3 ranks, 2 prompts: the third rank's slice is empty, and it still calls the engine once per
+    split (vLLM's sleep mode pushes the weights in generate, a collective every rank must join)."""
+    import json
+
+    import torch.multiprocessing as mp
+
+    tok, task, engine, prompts = _setup(2)
+    one = json.loads(json.dumps(evaluate_splits(engine, tok, task, prompts, 4, 1.0, 16, seed=11, keep_completions=True)))
+    mp.spawn(_sharded_eval_worker, args=(3, str(tmp_path / "init"), str(tmp_path), 2), nprocs=3)
+    for rank in range(3):
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert got.pop("generate_calls") == ([1, 1] if rank < 2 else [0, 0])
+        assert got == one

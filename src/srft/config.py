@@ -162,8 +162,8 @@ class RolloutConfig:
               "on a CPU, CUDA graphs on a GPU.")
     vllm_max_num_batched_tokens: int = _f(
         0, "rollout.engine=vllm: most tokens vLLM schedules in one forward pass (it also sizes vLLM's memory "
-           "profiling); 0 = the context length (data.max_prompt_tokens + data.max_response_tokens), at least 8192 "
-           "on a GPU.", range='[0, inf)')
+           "profiling); 0 = the context length (data.max_prompt_tokens + data.max_response_tokens), at least 4096 "
+           "on a CPU and 8192 on a GPU.", range='[0, inf)')
     vllm_sleep: bool = _f(
         False, "rollout.engine=vllm on a GPU: put vLLM to sleep after each generation (its weights and KV cache "
                "freed, level 2), so that training has that memory; before the next rollouts the weights wake, are "

@@ -62,10 +62,12 @@ def prompt_records(engine, tokenizer, prompt_ids, answers, task, *, k, temperatu
     """Per prompt: samples, correct ones, reward sum, well-formed ones, tokens (and, if asked, the sample)."""
     from srft.tasks.base import verify_all
 
+    per_prompt = {} if seeds is None else {"seeds": seeds}
+    # called even with no prompts (a rank's empty slice): an engine that syncs its weights on
+    # generate (vLLM's sleep mode) gathers them with every rank
+    responses = engine.generate(prompt_ids, k, max_new_tokens, temperature, top_p, **per_prompt)
     if not prompt_ids:
         return []
-    per_prompt = {} if seeds is None else {"seeds": seeds}
-    responses = engine.generate(prompt_ids, k, max_new_tokens, temperature, top_p, **per_prompt)
     flat_texts = [tokenizer.decode(r, skip_special_tokens=True) for resp_k in responses for r in resp_k]
     flat_scores = verify_all(task, flat_texts, [a for a, resp_k in zip(answers, responses) for _ in resp_k])
     records = []

@@ -321,12 +321,28 @@ def test_grpo_ratio_uses_engine_logprobs_unless_tis_is_on():
     args = (torch.zeros(1, 1), torch.ones(1, 1), torch.tensor([False]), torch.tensor([True]), torch.tensor([1.0]))
     grpo = dict(demonstrations=False, sft_coef=0.0, offpolicy_coef=0.0, self_rollout="grpo", entropy_coef=0.0,
                 clip_eps=10.0, clip_eps_high=10.0)
-    terms, _ = token_losses(ObjectiveConfig(**grpo), logp, *args, rollout_logp_BT=rollout)
-    assert float(terms["grpo"]) == pytest.approx(-2.0)  # old = the engine's 0.25: ratio 2
+    terms, _ = token_losses(ObjectiveConfig(**grpo, tis_cap=0.0), logp, *args, rollout_logp_BT=rollout)
+    assert float(terms["grpo"]) == pytest.approx(-2.0)  # TIS off: old = the engine's 0.25, ratio 2
     terms, _ = token_losses(ObjectiveConfig(**grpo, tis_cap=1.5), logp, *args, rollout_logp_BT=rollout)
     assert float(terms["grpo"]) == pytest.approx(-1.5)  # ratio 1 (old = the trainer's own) x TIS weight min(2, 1.5)
     terms, _ = token_losses(ObjectiveConfig(**grpo), logp, *args)
     assert float(terms["grpo"]) == pytest.approx(-1.0)  # no engine log-probs: ratio 1
+
+
+def test_tis_is_on_by_default_with_cap_two():
+    """With an engine's log-probs the correction is on unless switched off: the default cap is 2."""
+    assert ObjectiveConfig().tis_cap == 2.0
+    # one rollout token, advantage 1; pi_trainer = 0.5, pi_engine = 0.125: pi / pi_engine = 4, capped at 2
+    logp = torch.log(torch.tensor([[0.5]])).requires_grad_()
+    rollout = torch.log(torch.tensor([[0.125]]))
+    args = (torch.zeros(1, 1), torch.ones(1, 1), torch.tensor([False]), torch.tensor([True]), torch.tensor([1.0]))
+    grpo = dict(demonstrations=False, sft_coef=0.0, offpolicy_coef=0.0, self_rollout="grpo", entropy_coef=0.0,
+                clip_eps=10.0, clip_eps_high=10.0)
+    terms, _ = token_losses(ObjectiveConfig(**grpo), logp, *args, rollout_logp_BT=rollout)
+    # old = the trainer's own (ratio 1), times the TIS weight min(4, 2) = 2: surrogate -2
+    assert float(terms["grpo"].detach()) == pytest.approx(-2.0)
+    terms, _ = token_losses(ObjectiveConfig(**grpo, tis_cap=0.0), logp, *args, rollout_logp_BT=rollout)
+    assert float(terms["grpo"].detach()) == pytest.approx(-4.0)  # off: old = the engine's, ratio 4 (clip 10)
 
 
 def test_srft_rollout_terms_take_the_tis_weight():

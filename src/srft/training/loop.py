@@ -34,6 +34,9 @@ Departures from the paper (the objective's own are in ``srft.objective.losses``)
   splits the step's groups into N mini-batches, one update each, with the rollout-time
   log-probs as the old ones (the engine's, else a no-grad pass before the first update).
   The learning-rate schedule moves once per step either way.
+- With an engine that samples from its own copy of the weights (vLLM), rollout tokens' policy
+  terms carry a truncated importance weight min(pi_trainer / pi_engine, 2) by default
+  (``objective.tis_cap``), against the engine/trainer mismatch that bf16 makes real.
 - Demonstrations are scored by the verifier like rollouts; an expert demonstration
   that fails verification enters its group with reward 0 (counted in ``demo_reward``).
 - Rollouts that hit ``max_response_tokens`` without EOS are scored as they are

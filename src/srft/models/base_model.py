@@ -42,7 +42,9 @@ from pathlib import Path
 
 import torch
 
+from srft.evaluation.sampling import EvalPrompt, evaluate_splits
 from srft.models.tokenizer import build_char_tokenizer
+from srft.rollout.engine import HFEngine
 
 BUILD_FORMAT = 2  # bump when the build recipe changes so caches are rebuilt
 
@@ -186,8 +188,6 @@ def pretrain(model, tokenizer, docs: list[str], cfg: BaseModelConfig, seed: int,
 def _sampling_engine(model, tokenizer, seed: int, batch_size: int):
     # Seeds the global generator, as these functions always have: the callers (build, SFT
     # check) own their process's random state.
-    from srft.rollout.engine import HFEngine
-
     torch.manual_seed(seed)
     return HFEngine(model, tokenizer.pad_token_id, tokenizer.eos_token_id, max_batch=batch_size)
 
@@ -215,8 +215,6 @@ def measure_accuracy(model, tokenizer, task, split: str = "test_id", n_prompts: 
     ``srft.evaluation.sampling.evaluate_splits`` samples and scores, on the raw prompt text,
     from the global generator seeded with ``seed``.
     """
-    from srft.evaluation.sampling import EvalPrompt, evaluate_splits
-
     rows = task.generate(split, n_prompts, seed)
     if max_new_tokens is None:
         longest = max(len(r.get("demonstration") or "") for r in rows)

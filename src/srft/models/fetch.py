@@ -222,7 +222,7 @@ def _portable_tokenizer_class(spec: FetchableModel, out: Path) -> None:
 
 def convert(spec: FetchableModel, gguf: Path, out: Path, dtype: str = "float32") -> dict:
     """Convert ``gguf`` into a Hugging Face directory ``out`` (created); returns the provenance record."""
-    from srft.models.loading import DTYPES
+    from srft.models.dtypes import DTYPES
 
     gguf_model, tok = load_gguf(gguf)
     model = _plain_copy(gguf_model)
@@ -261,7 +261,7 @@ def convert(spec: FetchableModel, gguf: Path, out: Path, dtype: str = "float32")
 
 def fetch_model(name: str, cache_dir="~/.cache/srft", dtype: str = "float32", log=None) -> Path:
     """The directory of model ``name`` in the cache, converted on the first call."""
-    if dtype not in DTYPE_NAMES:  # srft.models.loading.DTYPES, without importing torch for a fetched model
+    if dtype not in DTYPE_NAMES:  # srft.models.dtypes.DTYPES, without importing torch for a fetched model
         raise FetchError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPE_NAMES)}")
     spec = get_spec(name)
     dest = model_dir(spec, cache_dir, dtype)

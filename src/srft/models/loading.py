@@ -16,13 +16,12 @@ from pathlib import Path
 import torch
 
 from srft.config import ModelConfig
+from srft.models.dtypes import DTYPES, autocast_forward  # in a leaf for the engine; still importable from here
 
 
 class ModelError(ValueError):
     """The model path or the model itself cannot be used; the message says why and what to do."""
 
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -44,6 +43,7 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 def resolve_model_path(cfg: ModelConfig, task_name: str, progress: bool = True) -> Path:
     """The directory to load: ``cfg.path``, or the built-in base model (built if missing)."""
     if cfg.path is None:
+        # here, not at the top: only the built-in model needs them, and base_model loads transformers
         from srft.models import base_model
         from srft.tasks import TASKS, base_model_task
 
@@ -436,22 +436,6 @@ def wrap_model(model: torch.nn.Module, cfg: ModelConfig, dist=None) -> torch.nn.
     if compute != torch.float32:
         autocast_forward(model, compute)
     return model
-
-
-def autocast_forward(model: torch.nn.Module, dtype: torch.dtype) -> None:
-    """Run ``model``'s forward (training passes and ``generate`` alike) under autocast to ``dtype``."""
-    import functools
-
-    inner = model.forward
-    device_type = next(model.parameters()).device.type
-
-    @functools.wraps(inner)
-    def forward(*args, **kwargs):
-        with torch.autocast(device_type, dtype=dtype):
-            return inner(*args, **kwargs)
-
-    model.forward = forward
-    model.srft_compute_dtype = dtype
 
 
 # The reasoning system prompt of the SRFT/LUFFY training and evaluation data (see the benchmark files).

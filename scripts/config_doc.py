@@ -1,11 +1,14 @@
-"""Write docs/configuration.md from the config's own field help (srft.config).
+"""Write docs/configuration.md from the config's own field help (srft.config), and the
+paper/reference-scripts table of docs/methods.md from srft.doctor.PRESET_NOTES.
 
 Usage: python scripts/config_doc.py [--check]
 
 The tables (key, type, default, range, help) are generated from the dataclasses of
 srft.config, as ``srft config --keys`` prints them; the key-name table for verl and TRL
-users is kept here, below the generated part. tests/test_docs.py checks that the file in
-docs/ equals what this script writes; after a change to a config field, rerun it.
+users is kept here, below the generated part. In docs/methods.md only the part between
+``METHODS_START`` and ``METHODS_END`` is generated: the notes ``srft doctor`` prints, one row
+per note, the presets that share it on one row. tests/test_docs.py checks that the files in
+docs/ equal what this script writes; after a change to a config field or a preset note, rerun it.
 """
 
 from __future__ import annotations
@@ -16,8 +19,13 @@ import typing
 from pathlib import Path
 
 from srft import config as C
+from srft import doctor
 
-OUT = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+OUT = DOCS / "configuration.md"
+METHODS = DOCS / "methods.md"
+METHODS_START = "<!-- generated from srft.doctor.PRESET_NOTES by scripts/config_doc.py -->"
+METHODS_END = "<!-- end -->"
 
 HEADER = """\
 # Configuration
@@ -163,15 +171,41 @@ def generate() -> str:
     return "\n".join(parts).replace("NoneType", "null")
 
 
+def departures_table() -> str:
+    """PRESET_NOTES as a table: a note that several presets share (the same tuple) is one row."""
+    rows: dict[tuple, list[str]] = {}
+    for method, notes in doctor.PRESET_NOTES.items():
+        for note in notes:
+            rows.setdefault(tuple(note), []).append(method)
+    lines = ["| preset | key | srft | paper | reference scripts | note |", "|---|---|---|---|---|---|"]
+    for (key, here, paper, scripts, note), methods in rows.items():
+        # a config key and its value as you would type them; a bracketed name is no key
+        shown_key, shown_here = (key[1:-1], here) if key.startswith("[") else (f"`{key}`", f"`{here}`")
+        paper, scripts = ("not recorded" if v == "-" else v for v in (paper, scripts))
+        cells = [", ".join(methods), shown_key, shown_here, paper, scripts, note]
+        lines.append("| " + " | ".join(_cell(c).replace("*", "\\*") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def methods_page(text: str) -> str:
+    """docs/methods.md's ``text`` with the generated table put between its markers."""
+    start = text.find(METHODS_START)
+    end = text.find(METHODS_END, start)
+    if start < 0 or end < 0:
+        raise SystemExit(f"{METHODS} lacks the markers {METHODS_START} ... {METHODS_END}")
+    return text[: start + len(METHODS_START)] + "\n" + departures_table() + "\n" + text[end:]
+
+
 def main(argv: list[str]) -> int:
-    text = generate()
+    pages = {OUT: generate(), METHODS: methods_page(METHODS.read_text())}
     if "--check" in argv:
-        if not OUT.exists() or OUT.read_text() != text:
-            print(f"{OUT} is stale: rerun python scripts/config_doc.py", file=sys.stderr)
-            return 1
-        return 0
-    OUT.write_text(text)
-    print(f"wrote {OUT}")
+        stale = [p for p, text in pages.items() if not p.exists() or p.read_text() != text]
+        for p in stale:
+            print(f"{p} is stale: rerun python scripts/config_doc.py", file=sys.stderr)
+        return 1 if stale else 0
+    for p, text in pages.items():
+        p.write_text(text)
+        print(f"wrote {p}")
     return 0
 
 

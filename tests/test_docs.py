@@ -28,6 +28,21 @@ def test_configuration_page_is_what_the_script_generates():
         "docs/configuration.md differs from the config's field help: rerun python scripts/config_doc.py")
 
 
+def test_the_methods_page_departures_are_the_doctor_notes():
+    """docs/methods.md's paper/reference-scripts table is generated from srft.doctor.PRESET_NOTES."""
+    module = _config_doc()
+    page = (ROOT / "docs" / "methods.md").read_text()
+    assert page == module.methods_page(page), (
+        "docs/methods.md's table differs from srft.doctor.PRESET_NOTES: rerun python scripts/config_doc.py")
+    from srft.doctor import PRESET_NOTES
+
+    rows = [row.strip("|").split(" | ") for row in module.departures_table().splitlines()[2:]]
+    for method, notes in PRESET_NOTES.items():
+        for key, *_ in notes:  # every note has its row, which names its preset
+            assert any(method in cells[0].strip().split(", ") and key.strip("[]") in cells[1] for cells in rows), \
+                (method, key)
+
+
 def _without_code(text: str) -> str:
     text = re.sub(r"```.*?```", "", text, flags=re.S)
     return re.sub(r"`[^`\n]*`", "", text)

@@ -502,7 +502,8 @@ def check_verifier(ctx: Context) -> list[Finding]:
 # method -> [(config key or a name in brackets, value here, paper, reference scripts, note)].
 # "value here" is the preset's; a config key's actual value is shown instead when it differs.
 # Sources: the comments at the top of src/srft/presets/*.yaml, src/srft/objective/losses.py
-# and src/srft/training/loop.py. "-": the source does not give it.
+# and src/srft/training/loop.py. "-": the source does not give it. docs/methods.md's table of
+# them is generated from here: after a change, rerun python scripts/config_doc.py.
 _SRFT = [
     ("objective.sft_weight", "exp", "w_SFT = 0.5*sg(exp(-H))", "exp(+H) (as reported of the authors' code)",
      "srft follows the paper's text; no setting gives exp(+H)"),
@@ -514,8 +515,11 @@ _SRFT = [
     ("[rewards]", "0/1", "+1/-1 in the derivation, 0/1 in training", "0/1",
      "the self-rollout terms use the correct/wrong split"),
 ]
-_ONE_UPDATE = ("[updates per rollout batch]", 1, "-", 1,
-               "the GRPO ratio's old log-probs are the current ones: the ratio is 1 and clipping never binds")
+_ONE_UPDATE = ("optim.mini_batches", 1, "-",
+               "2 mini-batches in LUFFY's scripts (train_batch_size 128, ppo_mini_batch_size 64)",
+               "with one update per rollout batch the GRPO ratio's old log-probs are the current ones: the ratio "
+               "is 1 and clipping never binds; optim.mini_batches=N cuts the step's groups into N updates, the "
+               "rollout-time log-probs as the old ones (the same mini-batches on any number of ranks)")
 _CHORD_ENTROPY = ("objective.entropy_coef", 0.001, "-", "-",
                   "the default entropy bonus on rollout tokens, inside the (1 - mu) share (srft's choice)")
 _SFT_NORM = ("objective.loss_agg", "token-sum-norm", "-", "-",

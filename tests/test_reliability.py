@@ -173,7 +173,9 @@ def test_metrics_truncation_goes_through_a_temporary_file(tmp_path, monkeypatch)
     def killed(*a):
         raise Killed
 
-    monkeypatch.setattr(rundir.os, "replace", killed)
+    from srft import durable  # the atomic write's home
+
+    monkeypatch.setattr(durable.os, "replace", killed)
     with pytest.raises(Killed):
         log.truncate_from(1)
     monkeypatch.undo()

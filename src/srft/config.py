@@ -23,6 +23,8 @@ from typing import Any, Literal, Optional, Union, get_args, get_origin
 
 import yaml
 
+from srft.durable import atomic_write_text
+
 PRESET_DIR = Path(__file__).parent / "presets"
 
 
@@ -593,8 +595,6 @@ def with_step_counts(cfg: Config) -> Config:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    from srft.rundir import atomic_write_text
-
     atomic_write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 

@@ -24,11 +24,13 @@ The one exception by design is the task plugin (``data.task=file.py:Class``) tha
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 from srft.config import ConfigError
+
+# durable writes live in a leaf module (config writes through them too); callers import them from here
+from srft.durable import atomic_write_text, fsync_path, fsync_tree  # noqa: F401
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -47,35 +49,6 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 def step_dir_name(step: int) -> str:
     return f"step-{step:06d}"
-
-
-# --------------------------------------------------------------------------- durable writes
-def fsync_path(path: Path) -> None:
-    """Flush a file or a directory entry list to disk (a rename is durable once its directory is)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_tree(root: Path) -> None:
-    """fsync every file and directory under ``root``, then ``root`` itself."""
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            fsync_path(Path(dirpath) / name)
-        fsync_path(Path(dirpath))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so that a reader (or a kill) sees the old or the new file, never half."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_path(path.parent)
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -12,8 +12,8 @@ from typing import Protocol
 
 import torch
 
-from srft.config import ConfigError
 from srft.models.dtypes import DTYPES, autocast_forward
+from srft.rollout.errors import EngineError  # noqa: F401  (its home before; callers import it from here)
 
 
 class RolloutEngine(Protocol):
@@ -149,11 +149,6 @@ def generate_with_logprobs(engine, prompts: list[list[int]], n: int, max_new_tok
 
 
 TEMPLATE_ROOM = 512  # tokens a chat template may add to a prompt, on top of data.max_prompt_tokens
-
-
-class EngineError(ConfigError):
-    """The configured engine cannot start here; the message says what to install or change (a
-    ConfigError, so that the CLI prints it in one line)."""
 
 
 def build_engine(cfg, model: torch.nn.Module, tokenizer, model_path,

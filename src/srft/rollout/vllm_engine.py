@@ -87,6 +87,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from srft.rollout.errors import EngineError
+
 # vLLM reads these when it is imported or when the engine starts: set the defaults first.
 # VLLM_ENABLE_V1_MULTIPROCESSING=0 keeps vLLM's engine core and worker in this process (the
 # in-process weight transfer relies on it); logging at ERROR keeps a training run's
@@ -280,8 +282,6 @@ def api_mismatch() -> str | None:
 
 def check_vllm_api() -> None:
     """Raise EngineError (one line: installed and tested versions) if vLLM's API has moved."""
-    from srft.rollout.engine import EngineError
-
     problem = api_mismatch()
     if problem:
         raise EngineError(f"vLLM {vllm_version()} is installed, srft's engine was tested with {TESTED_VLLM} and uses "

@@ -1,6 +1,8 @@
-"""The training objective: per-token loss terms (``losses``) combined for a batch (``combine``)."""
+"""The training objective: per-token loss terms (``losses``), registered as the objective's
+terms (``terms``) and combined for a batch (``combine``, inputs in a ``TokenBatch``)."""
 
-from srft.objective.combine import TERMS, reduce_terms, token_losses
+from srft.objective.batch import TokenBatch
+from srft.objective.combine import TERM_KIND, TERMS, Losses, batch_losses, reduce_terms, token_losses
 from srft.objective.losses import (
     agg_loss,
     chord_mu,
@@ -24,9 +26,11 @@ from srft.objective.losses import (
     token_logprobs_and_entropy,
     weight_factor,
 )
+from srft.objective.terms import REGISTRY, TermOut, register_term
 
 __all__ = [
-    "TERMS", "token_losses", "reduce_terms",
+    "TERMS", "TERM_KIND", "token_losses", "reduce_terms", "batch_losses", "Losses", "TokenBatch",
+    "register_term", "TermOut", "REGISTRY",
     "agg_loss", "chord_mu", "entropy_for_weights", "group_advantages", "grpo_loss", "kl_full", "kl_k3",
     "offpolicy_loss", "phi_weight", "prob_weight", "rl_weight", "self_rollout_loss", "sft_loss", "sft_weight", "token_logprobs_and_entropy",
     "controller_update", "prefix_keep_mask", "weight_factor", "old_logprobs", "tis_weight",

@@ -92,12 +92,13 @@ from srft.evaluation.sampling import evaluate_splits as evaluate_test_splits
 from srft.models.loading import DTYPES, check_context, load_for_training, save_model
 from srft.objective import (
     TERMS,
+    TokenBatch,
     agg_loss,
+    batch_losses,
     grpo_loss,
     old_logprobs,
     overlong_penalty,
     reduce_terms,
-    token_losses,
 )
 from srft.rollout.engine import build_engine, generate_with_logprobs
 from srft.scoring import Score
@@ -843,13 +844,13 @@ def micro_batch_step(t: Trainer, batch: StepBatch, ids: list[int], plan: StepPla
         for b, i in enumerate(ids):
             old_BT[b, :len(old[i])] = old[i].to(t.device)
     adv_B = batch.adv_N[ids].to(t.device)
-    terms, weights = token_losses(obj, logp_BT, ent_BT, mask_BT, demo_B, batch.correct_N[ids].to(t.device),
-                                  adv_B, old_BT, ref_BT, step=plan.step,
-                                  sft_factor=plan.factors[0], rl_factor=plan.factors[1],
-                                  prefix_len_B=batch.prefix_N[ids].to(t.device) if batch.n_prefixed else None,
-                                  kl_BT=kl_BT, rollout_logp_BT=rollout_BT,
-                                  cov_generator=torch.Generator().manual_seed(t.cfg.run.seed * 1_000_033 + plan.step)
-                                  if obj.cov_method == "clip-cov" else None)
+    tb = TokenBatch(logp_BT, ent_BT, mask_BT, demo_B, batch.correct_N[ids].to(t.device), adv_B,
+                    old_logp_BT=old_BT, ref_logp_BT=ref_BT, kl_BT=kl_BT, rollout_logp_BT=rollout_BT,
+                    prefix_len_B=batch.prefix_N[ids].to(t.device) if batch.n_prefixed else None,
+                    step=plan.step, sft_factor=plan.factors[0], rl_factor=plan.factors[1],
+                    cov_generator=torch.Generator().manual_seed(t.cfg.run.seed * 1_000_033 + plan.step)
+                    if obj.cov_method == "clip-cov" else None)
+    terms, weights, term_metrics = batch_losses(obj, tb)
     reduced = reduce_terms(obj, terms, mask_BT, demo_B, counts)
     (weight * sum(reduced.values())).backward()
     if weight == 0.0:
@@ -866,8 +867,10 @@ def micro_batch_step(t: Trainer, batch: StepBatch, ids: list[int], plan: StepPla
         stats["w_sft"] += float((weights["w_sft"] * demo_BT).sum())
         stats["w_rl"] += float((weights["w_rl"] * roll_BT).sum())
         stats["prob_demo"] += float((logp_BT.exp() * demo_BT).sum())
-        if old_BT is not None:  # rollout tokens where the GRPO clip binds
-            _, clipped_BT = grpo_loss(logp_BT, old_BT, adv_B, obj.clip_eps, obj.clip_eps_high)
+        if old_BT is not None:  # rollout tokens where the GRPO clip binds (the GRPO term's own figure)
+            clipped_BT = term_metrics.get("grpo", {}).get("clipped_BT")
+            if clipped_BT is None:  # no GRPO term (SRFT's own-rollout term): where the clip would bind
+                _, clipped_BT = grpo_loss(logp_BT, old_BT, adv_B, obj.clip_eps, obj.clip_eps_high)
             stats["clipped"] += float((clipped_BT * roll_BT).sum())
         if rollout_BT is not None:  # how far the engine's log-probs are from the trainer's
             known_BT = ~torch.isnan(rollout_BT) & (mask_BT > 0)

@@ -230,6 +230,11 @@ class ObjectiveConfig:
     neg_coef: float = _f(1.0, "Weight of the +log pi term on wrong rollouts (the paper uses 1).", range='[0, inf)')
     clip_eps: float = _f(0.2, "GRPO surrogate: lower clip range.", range='[0, inf]')
     clip_eps_high: float = _f(0.2, "GRPO surrogate: upper clip range (DAPO's clip-higher uses e.g. 0.28).", range='[0, inf]')
+    is_level: Literal["token", "sequence"] = _f(
+        "token", "self_rollout=grpo: the importance ratio that is clipped: per token (GRPO, PPO) or per sequence "
+        "(GSPO: s = exp(mean over the sequence's rollout tokens of log pi - log pi_old), clipped to "
+        "[1 - clip_eps, 1 + clip_eps_high] for the whole sequence; each token carries s with its own log pi's "
+        "gradient). The ratio leaves 1 only with optim.mini_batches > 1.")
     sft_stage_steps: float = _f(0, "Steps of plain SFT on demonstrations before this objective takes over "
                                    "(the two-stage SFT-then-RL baseline); 0 = a single stage. " + STEPS_OR_FRACTION,
                                 range='[0, inf)')
@@ -561,6 +566,9 @@ def validate(cfg: Config) -> None:
                           f"in [0, entropy_coef_max={o.entropy_coef_max}]; set one of them so")
     if o.cov_method == "clip-cov" and o.cov_low >= o.cov_high:
         raise ConfigError(f"objective.cov_low={o.cov_low} must be below objective.cov_high={o.cov_high} (clip-cov's band)")
+    if o.is_level != "token" and o.self_rollout != "grpo":
+        raise ConfigError(f"objective.is_level={o.is_level} sets the GRPO surrogate's importance ratio, but "
+                          f"self_rollout={o.self_rollout}; set self_rollout=grpo, or is_level=token")
     if o.cov_method != "none" and o.self_rollout == "none":
         raise ConfigError(f"objective.cov_method={o.cov_method} acts on the own-rollout term, but self_rollout=none; "
                           f"set self_rollout=grpo or srft, or cov_method=none")

@@ -340,6 +340,22 @@ def grpo_loss(logp_BT: torch.Tensor, old_logp_BT: torch.Tensor, adv_B: torch.Ten
     return loss_BT, (clipped_BT > unclipped_BT).float()
 
 
+def gspo_log_ratio(logp_BT: torch.Tensor, old_logp_BT: torch.Tensor, mask_BT: torch.Tensor) -> torch.Tensor:
+    """GSPO's token-level form of the sequence importance ratio, as a log (Zheng et al. 2025,
+    "Group Sequence Policy Optimization", arXiv 2507.18071, GSPO-token). [B, T].
+
+    ``log s_i = mean over the sequence's tokens (mask_BT) of (log pi - log pi_old)``, the log of
+    the sequence ratio (the geometric mean of the token ratios); each token carries its value and
+    the gradient of its own log pi: ``log s_i,t = sg(log s_i) + log pi_t - sg(log pi_t)``. So
+    ``exp(log s_i,t) = s_i`` at every token, and a per-sequence token mean of ``-A * s_i,t`` has
+    the gradient ``-A * s_i * mean_t grad log pi_t``. A sequence without tokens gets log s = 0.
+    """
+    mask = mask_BT.to(logp_BT.dtype)
+    diff_BT = (logp_BT.detach() - old_logp_BT.detach()) * mask
+    log_s_B = diff_BT.sum(-1) / mask.sum(-1).clamp(min=1)
+    return log_s_B.unsqueeze(-1) + logp_BT - logp_BT.detach()
+
+
 def kl_full(logp_BTV: torch.Tensor, ref_logp_BTV: torch.Tensor, direction: str = "pi-ref") -> torch.Tensor:
     """The KL between pi and ref over the whole vocabulary at each position. [B, T].
 

@@ -25,7 +25,7 @@ import torch
 from srft.config import ObjectiveConfig
 from srft.objective.batch import TokenBatch
 from srft.objective.cov import kl_cov_loss
-from srft.objective.losses import grpo_loss, kl_k3, offpolicy_loss, self_rollout_loss, sft_loss
+from srft.objective.losses import grpo_loss, gspo_log_ratio, kl_k3, offpolicy_loss, self_rollout_loss, sft_loss
 
 
 @dataclass
@@ -128,8 +128,13 @@ def neg_term(cfg: ObjectiveConfig, batch: TokenBatch, sh: Shared) -> TermOut:
 
 @register_term("grpo", applies_to="rollouts", enabled=lambda cfg: cfg.self_rollout == "grpo")
 def grpo_term(cfg: ObjectiveConfig, batch: TokenBatch, sh: Shared) -> TermOut:
+    # is_level=sequence: GSPO (arXiv 2507.18071): every token's ratio is its sequence's
+    # exp(mean log ratio) over the rollout tokens, with the token's own gradient, clipped alike.
+    logp_BT, old_BT = sh.pg_logp_BT, sh.old_logp_BT
+    if cfg.is_level == "sequence":
+        logp_BT, old_BT = gspo_log_ratio(logp_BT, old_BT, sh.roll_BT), torch.zeros_like(old_BT)
     # clipped_BT: where the clip binds (not masked; the loop counts it over its rollout tokens)
-    surrogate_BT, clipped_BT = grpo_loss(sh.pg_logp_BT, sh.old_logp_BT, batch.adv_B, cfg.clip_eps, cfg.clip_eps_high)
+    surrogate_BT, clipped_BT = grpo_loss(logp_BT, old_BT, batch.adv_B, cfg.clip_eps, cfg.clip_eps_high)
     return TermOut(sh.tis_BT * surrogate_BT * sh.roll_BT, {"clipped_BT": clipped_BT})
 
 

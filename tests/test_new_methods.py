@@ -1,0 +1,123 @@
+"""The 2025 methods of issue 24 as options of the GRPO term: GSPO (objective.is_level=sequence),
+hand-computed losses and gradients, their config ranges, and a short run of each preset."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from srft.config import ConfigError, ObjectiveConfig, load_config
+from srft.objective import TokenBatch, batch_losses, gspo_log_ratio
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _batch(logp, old, adv, mask=None, is_demo=None, entropy=None):
+    logp = torch.tensor(logp).requires_grad_(True)
+    B, T = logp.shape
+    mask = torch.ones(B, T) if mask is None else torch.tensor(mask)
+    is_demo = torch.zeros(B, dtype=torch.bool) if is_demo is None else torch.tensor(is_demo)
+    entropy = torch.zeros(B, T) if entropy is None else torch.tensor(entropy)
+    return TokenBatch(logp, entropy, mask, is_demo, torch.tensor(adv) > 0, torch.tensor(adv),
+                      old_logp_BT=torch.tensor(old))
+
+
+def _cfg(**kw):
+    base = dict(demonstrations=False, sft_coef=0.0, offpolicy_coef=0.0, self_rollout="grpo", entropy_coef=0.0,
+                tis_cap=0.0)
+    return ObjectiveConfig(**{**base, **kw})
+
+
+def _tiny_run(preset, model_dir, tmp_path, *extra):
+    from srft.training.loop import train
+
+    before = torch.get_num_threads()
+    try:
+        cfg = load_config(preset, None, [
+            f"model.path={model_dir}", "run.eval_every=0", "run.save_every=0", "run.eval_k=2", "run.progress=false",
+            "run.plots=false", "rollout.prompts_per_step=4", "rollout.n=2", "data.train_size=20", "data.test_size=4",
+            "data.max_response_tokens=16", "data.too_long=truncate", "optim.micro_batch=4", "model.threads=1",
+            "run.steps=2", f"run.out_dir={tmp_path}/run", *extra])
+        run_dir = train(cfg)
+    finally:
+        torch.set_num_threads(before)
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+# --------------------------------------------------------------------------- GSPO
+
+
+def test_gspo_sequence_ratio_by_hand():
+    # seq 0: log ratios (logp - old) = [0.2, -0.1, 0.5] -> mean 0.2, s_0 = exp(0.2) = 1.22140
+    # seq 1: log ratios [-0.3, 0.1] over its 2 tokens -> mean -0.1, s_1 = exp(-0.1) = 0.90484;
+    #        the pad token's log ratio (-9) is left out
+    logp = torch.tensor([[-1.0, -2.0, -0.5], [-1.5, -0.7, -9.0]], requires_grad=True)
+    old = torch.tensor([[-1.2, -1.9, -1.0], [-1.2, -0.8, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    log_s = gspo_log_ratio(logp, old, mask)
+    expected = torch.tensor([[0.2] * 3, [-0.1] * 3])
+    torch.testing.assert_close(log_s.detach(), expected)
+    # the gradient of each token's log ratio is that of its own log pi only (d log s_i,t / d logp_t = 1)
+    log_s.sum().backward()
+    torch.testing.assert_close(logp.grad, torch.ones(2, 3))
+
+
+def test_gspo_loss_and_gradient_by_hand():
+    # One rollout, 2 tokens, A = +1, log ratios [0.1, 0.3]: log s = 0.2, s = exp(0.2) = 1.221403.
+    # Loose clip (eps 1): unclipped; each token's loss -A * s = -1.221403, its token mean -1.221403.
+    # Gradient of the token mean w.r.t. logp_t: -A * s / 2 = -0.610701 on each token (s times the
+    # mean token gradient), where GRPO's token-level ratio would give -exp(0.1)/2, -exp(0.3)/2.
+    b = _batch([[-1.0, -2.0]], [[-1.1, -2.3]], [1.0])
+    out = batch_losses(_cfg(is_level="sequence", clip_eps=1.0, clip_eps_high=1.0), b)
+    grpo = out.terms["grpo"]
+    s = math.exp(0.2)
+    torch.testing.assert_close(grpo.detach(), torch.tensor([[-s, -s]]))
+    grpo.mean().backward()
+    torch.testing.assert_close(b.logp_BT.grad, torch.tensor([[-s / 2, -s / 2]]))
+    assert float(out.metrics["grpo"]["clipped_BT"].sum()) == 0
+
+
+def test_gspo_clips_the_whole_sequence_by_hand():
+    # The same sequence with GSPO's ranges [1 - 3e-4, 1 + 4e-4]: s = 1.2214 > 1.0004 with A > 0, so
+    # the clipped value binds: loss -1.0004 on both tokens, no gradient, both tokens counted clipped.
+    # A second sequence, A = -1 and log ratios [-0.1, 0.1] (s = 1): inside the range, loss +1 per token,
+    # gradient +1/2 per token of its token mean.
+    b = _batch([[-1.0, -2.0], [-0.5, -0.6]], [[-1.1, -2.3], [-0.4, -0.7]], [1.0, -1.0])
+    out = batch_losses(_cfg(is_level="sequence", clip_eps=3e-4, clip_eps_high=4e-4), b)
+    grpo = out.terms["grpo"]
+    torch.testing.assert_close(grpo.detach(), torch.tensor([[-1.0004, -1.0004], [1.0, 1.0]]))
+    torch.testing.assert_close(out.metrics["grpo"]["clipped_BT"], torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
+    grpo.mean(-1).sum().backward()
+    torch.testing.assert_close(b.logp_BT.grad, torch.tensor([[0.0, 0.0], [0.5, 0.5]]))
+
+
+def test_token_level_is_unchanged_by_the_new_key():
+    # is_level=token (the default) is GRPO's token ratio: log ratios [0.1, 0.3], A = 1, eps 1:
+    # losses -exp(0.1) = -1.105171, -exp(0.3) = -1.349859
+    b = _batch([[-1.0, -2.0]], [[-1.1, -2.3]], [1.0])
+    out = batch_losses(_cfg(clip_eps=1.0, clip_eps_high=1.0), b)
+    torch.testing.assert_close(out.terms["grpo"].detach(), torch.tensor([[-math.exp(0.1), -math.exp(0.3)]]))
+
+
+def test_gspo_preset_and_config_checks():
+    cfg = load_config("gspo")
+    o = cfg.objective
+    assert (o.self_rollout, o.is_level, o.clip_eps, o.clip_eps_high) == ("grpo", "sequence", 3e-4, 4e-4)
+    assert (o.loss_agg, o.adv_norm, o.demonstrations, cfg.optim.mini_batches) == ("seq-mean-token-mean", "std",
+                                                                                   False, 4)
+    with pytest.raises(ConfigError, match="is_level"):
+        load_config("grpo", None, ["objective.is_level=batch"])
+    with pytest.raises(ConfigError, match="is_level=sequence sets the GRPO surrogate"):
+        load_config("srft", None, ["objective.is_level=sequence"])
+    with pytest.raises(ConfigError, match="clip_eps"):
+        load_config("gspo", None, ["objective.clip_eps=-0.1"])
+
+
+def test_gspo_preset_runs(tiny_model_dir, tmp_path):
+    records = _tiny_run("gspo", tiny_model_dir, tmp_path)
+    assert len(records) == 2
+    for r in records:
+        assert math.isfinite(r["loss"]) and not r["skipped"]
+        assert 0.0 <= r["clip_frac"] <= 1.0  # four mini-batches: the clipped share is recorded
+        assert r["loss_sft"] == 0.0 and r["loss_pos"] == 0.0

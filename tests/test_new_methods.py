@@ -1,5 +1,6 @@
 """The 2025 methods of issue 24 as options of the GRPO term: GSPO (objective.is_level=sequence),
-hand-computed losses and gradients, their config ranges, and a short run of each preset."""
+CISPO (objective.surrogate=cispo); hand-computed losses and gradients, their config ranges, and a
+short run of each preset."""
 
 import json
 import math
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from srft.config import ConfigError, ObjectiveConfig, load_config
-from srft.objective import TokenBatch, batch_losses, gspo_log_ratio
+from srft.objective import TokenBatch, batch_losses, cispo_loss, gspo_log_ratio
 
 # --------------------------------------------------------------------------- helpers
 
@@ -121,3 +122,78 @@ def test_gspo_preset_runs(tiny_model_dir, tmp_path):
         assert math.isfinite(r["loss"]) and not r["skipped"]
         assert 0.0 <= r["clip_frac"] <= 1.0  # four mini-batches: the clipped share is recorded
         assert r["loss_sft"] == 0.0 and r["loss_pos"] == 0.0
+
+
+# --------------------------------------------------------------------------- CISPO
+
+
+def _cispo_batch():
+    # seq 0: A = +1, logp [-1.0, -2.0], old [-1.5, -1.0]: log ratios [0.5, -1.0], r = [1.648721, 0.367879]
+    # seq 1: A = -0.5, logp = old = [-0.2, -3.0]: r = [1, 1]
+    return _batch([[-1.0, -2.0], [-0.2, -3.0]], [[-1.5, -1.0], [-0.2, -3.0]], [1.0, -0.5])
+
+
+def test_cispo_loss_and_gradient_by_hand():
+    # clip_eps = 1 (no lower bound: 1 - 1 = 0), clip_eps_high = 0.28: weights sg(clip(r)) =
+    #   seq 0: [1.28 (clipped from 1.648721), 0.367879]; seq 1: [1, 1]
+    # loss -w * A * log pi: seq 0: [-1.28 * 1 * -1.0, -0.367879 * 1 * -2.0] = [1.28, 0.735759]
+    #                       seq 1: [-1 * -0.5 * -0.2, -1 * -0.5 * -3.0] = [-0.1, -1.5]
+    # gradient d loss / d log pi = -w * A: [[-1.28, -0.367879], [0.5, 0.5]]; the clipped token keeps its
+    # gradient (the GRPO surrogate gives it none: r > 1.28 with A > 0)
+    b = _cispo_batch()
+    out = batch_losses(_cfg(surrogate="cispo", clip_eps=1.0, clip_eps_high=0.28), b)
+    loss = out.terms["grpo"]
+    torch.testing.assert_close(loss.detach(), torch.tensor([[1.28, 0.735759], [-0.1, -1.5]]))
+    torch.testing.assert_close(out.metrics["grpo"]["clipped_BT"], torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
+    loss.sum().backward()
+    torch.testing.assert_close(b.logp_BT.grad, torch.tensor([[-1.28, -0.367879], [0.5, 0.5]]))
+
+    b = _cispo_batch()
+    batch_losses(_cfg(clip_eps=1.0, clip_eps_high=0.28), b).terms["grpo"].sum().backward()
+    assert float(b.logp_BT.grad[0, 0]) == 0.0  # the clip surrogate: no gradient where the clip binds
+
+
+def test_cispo_lower_bound_by_hand():
+    # clip_eps = 0.2: seq 0's second token r = 0.367879 < 0.8 is raised to 0.8: loss -0.8 * 1 * -2.0 = 1.6,
+    # gradient -0.8; the first token as before (1.28)
+    logp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    loss, clipped = cispo_loss(logp, torch.tensor([[0.5, -1.0]]), torch.tensor([1.0]), 0.2, 0.28)
+    torch.testing.assert_close(loss.detach(), torch.tensor([[1.28, 1.6]]))
+    torch.testing.assert_close(clipped, torch.tensor([[1.0, 1.0]]))
+    loss.sum().backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([[-1.28, -0.8]]))
+
+
+def test_cispo_with_the_sequence_ratio_by_hand():
+    # is_level=sequence: seq 0's weight is its sequence ratio exp(mean(0.5, -1.0)) = exp(-0.25) = 0.778801
+    # (inside [0, 1.28]) on both tokens: loss [-0.778801 * -1.0, -0.778801 * -2.0] = [0.778801, 1.557602],
+    # gradient -0.778801 on each
+    b = _cispo_batch()
+    out = batch_losses(_cfg(surrogate="cispo", is_level="sequence", clip_eps=1.0, clip_eps_high=0.28), b)
+    w = math.exp(-0.25)
+    torch.testing.assert_close(out.terms["grpo"][0].detach(), torch.tensor([w, 2 * w]))
+    out.terms["grpo"][0].sum().backward()
+    torch.testing.assert_close(b.logp_BT.grad[0], torch.tensor([-w, -w]))
+
+
+def test_cispo_preset_and_config_checks():
+    cfg = load_config("cispo")
+    o = cfg.objective
+    assert (o.self_rollout, o.surrogate, o.is_level, o.clip_eps, o.clip_eps_high) == ("grpo", "cispo", "token",
+                                                                                      1.0, 3.0)
+    assert (o.loss_agg, o.kl_coef, o.entropy_coef, cfg.optim.mini_batches) == ("token-mean", 0.0, 0.0, 4)
+    with pytest.raises(ConfigError, match="surrogate"):
+        load_config("grpo", None, ["objective.surrogate=ppo"])
+    with pytest.raises(ConfigError, match="surrogate=cispo is a loss of the GRPO term"):
+        load_config("srft", None, ["objective.surrogate=cispo"])
+    with pytest.raises(ConfigError, match="clip_eps_high"):
+        load_config("cispo", None, ["objective.clip_eps_high=-1"])
+
+
+def test_cispo_preset_runs(tiny_model_dir, tmp_path):
+    records = _tiny_run("cispo", tiny_model_dir, tmp_path)
+    assert len(records) == 2
+    for r in records:
+        assert math.isfinite(r["loss"]) and not r["skipped"]
+        assert 0.0 <= r["clip_frac"] <= 1.0
+        assert r["loss_sft"] == 0.0 and r["loss_offpolicy"] == 0.0

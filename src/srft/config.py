@@ -228,8 +228,14 @@ class ObjectiveConfig:
     controller_gain: float = _f(0.5, "sft_weight/rl_weight=target: each step the log of the factor moves by "
                                      "gain * (entropy gap), bounded to [-4, 4].", range='[0, inf)')
     neg_coef: float = _f(1.0, "Weight of the +log pi term on wrong rollouts (the paper uses 1).", range='[0, inf)')
-    clip_eps: float = _f(0.2, "GRPO surrogate: lower clip range.", range='[0, inf]')
-    clip_eps_high: float = _f(0.2, "GRPO surrogate: upper clip range (DAPO's clip-higher uses e.g. 0.28).", range='[0, inf]')
+    clip_eps: float = _f(0.2, "GRPO surrogate: lower clip range (surrogate=cispo: of the IS weight; >= 1: none).", range='[0, inf]')
+    clip_eps_high: float = _f(0.2, "GRPO surrogate: upper clip range (DAPO's clip-higher uses e.g. 0.28; "
+                                   "surrogate=cispo: of the IS weight).", range='[0, inf]')
+    surrogate: Literal["clip", "cispo"] = _f(
+        "clip", "self_rollout=grpo: the policy-gradient loss on rollout tokens: clip (PPO/GRPO's "
+        "-min(r A, clip(r) A); a token whose ratio leaves the range on the side its advantage pushes gets no "
+        "gradient) or cispo (CISPO: -sg(clip(r, 1 - clip_eps, 1 + clip_eps_high)) * A * log pi; every token keeps "
+        "its gradient, the clipped ratio is a detached weight; clip_eps >= 1 sets no lower bound).")
     is_level: Literal["token", "sequence"] = _f(
         "token", "self_rollout=grpo: the importance ratio that is clipped: per token (GRPO, PPO) or per sequence "
         "(GSPO: s = exp(mean over the sequence's rollout tokens of log pi - log pi_old), clipped to "
@@ -566,6 +572,9 @@ def validate(cfg: Config) -> None:
                           f"in [0, entropy_coef_max={o.entropy_coef_max}]; set one of them so")
     if o.cov_method == "clip-cov" and o.cov_low >= o.cov_high:
         raise ConfigError(f"objective.cov_low={o.cov_low} must be below objective.cov_high={o.cov_high} (clip-cov's band)")
+    if o.surrogate != "clip" and o.self_rollout != "grpo":
+        raise ConfigError(f"objective.surrogate={o.surrogate} is a loss of the GRPO term, but "
+                          f"self_rollout={o.self_rollout}; set self_rollout=grpo, or surrogate=clip")
     if o.is_level != "token" and o.self_rollout != "grpo":
         raise ConfigError(f"objective.is_level={o.is_level} sets the GRPO surrogate's importance ratio, but "
                           f"self_rollout={o.self_rollout}; set self_rollout=grpo, or is_level=token")

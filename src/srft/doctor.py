@@ -538,6 +538,13 @@ PRESET_NOTES: dict[str, list[tuple]] = {
          "the overlong penalty (up to 1) weighs twice as much against the reward gap"),
         _ONE_UPDATE,
     ],
+    "cispo": [
+        ("objective.clip_eps_high", 3.0, "tuned, no value given", "-",
+         "the IS weight capped at 1 + 3 = 4, no lower bound (clip_eps=1): srft's choice of a large cap"),
+        ("optim.mini_batches", 4, "not stated", "-",
+         "4 updates per rollout batch (srft's choice, as gspo): with one update the weight is 1 and CISPO is "
+         "token-mean REINFORCE"),
+    ],
     "luffy": [
         ("[group]", "G rollouts + the demonstration", "G-1 rollouts + the demonstration", "-",
          "one more on-policy sample per group than LUFFY"),

@@ -6,6 +6,7 @@ from srft.objective.combine import TERM_KIND, TERMS, Losses, batch_losses, reduc
 from srft.objective.losses import (
     agg_loss,
     chord_mu,
+    cispo_loss,
     controller_update,
     entropy_for_weights,
     group_advantages,
@@ -32,7 +33,7 @@ from srft.objective.terms import REGISTRY, TermOut, register_term
 __all__ = [
     "TERMS", "TERM_KIND", "token_losses", "reduce_terms", "batch_losses", "Losses", "TokenBatch",
     "register_term", "TermOut", "REGISTRY",
-    "agg_loss", "chord_mu", "entropy_for_weights", "group_advantages", "grpo_loss", "gspo_log_ratio", "kl_full", "kl_k3",
+    "agg_loss", "chord_mu", "cispo_loss", "entropy_for_weights", "group_advantages", "grpo_loss", "gspo_log_ratio", "kl_full", "kl_k3",
     "offpolicy_loss", "phi_weight", "prob_weight", "rl_weight", "self_rollout_loss", "sft_loss", "sft_weight", "token_logprobs_and_entropy",
     "controller_update", "prefix_keep_mask", "weight_factor", "old_logprobs", "tis_weight",
     "overlong_penalty",

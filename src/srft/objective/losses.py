@@ -340,6 +340,22 @@ def grpo_loss(logp_BT: torch.Tensor, old_logp_BT: torch.Tensor, adv_B: torch.Ten
     return loss_BT, (clipped_BT > unclipped_BT).float()
 
 
+def cispo_loss(logp_BT: torch.Tensor, log_ratio_BT: torch.Tensor, adv_B: torch.Tensor,
+               clip_low: float = 1.0, clip_high: float = 0.28) -> tuple[torch.Tensor, torch.Tensor]:
+    """CISPO (MiniMax-M1, arXiv 2506.13585): the importance weight clipped and detached, the
+    gradient through log pi only. Returns (loss [B, T], clipped-weight indicator [B, T]).
+
+    ``loss_t = -sg(clip(r_t, 1 - clip_low, 1 + clip_high)) * A * log pi_t`` with
+    ``r_t = exp(log_ratio_t)``: unlike the PPO/GRPO surrogate no token loses its gradient where
+    the clip binds; the weight only stops growing. ``clip_low >= 1`` sets no lower bound (the
+    paper's practice). The indicator marks the tokens whose weight the clip changed.
+    """
+    ratio_BT = torch.exp(log_ratio_BT.detach())
+    weight_BT = ratio_BT.clamp(1 - clip_low, 1 + clip_high)
+    loss_BT = -weight_BT * adv_B.detach().unsqueeze(-1) * logp_BT
+    return loss_BT, (weight_BT != ratio_BT).float()
+
+
 def gspo_log_ratio(logp_BT: torch.Tensor, old_logp_BT: torch.Tensor, mask_BT: torch.Tensor) -> torch.Tensor:
     """GSPO's token-level form of the sequence importance ratio, as a log (Zheng et al. 2025,
     "Group Sequence Policy Optimization", arXiv 2507.18071, GSPO-token). [B, T].

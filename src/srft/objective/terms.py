@@ -25,7 +25,7 @@ import torch
 from srft.config import ObjectiveConfig
 from srft.objective.batch import TokenBatch
 from srft.objective.cov import kl_cov_loss
-from srft.objective.losses import grpo_loss, gspo_log_ratio, kl_k3, offpolicy_loss, self_rollout_loss, sft_loss
+from srft.objective.losses import cispo_loss, grpo_loss, gspo_log_ratio, kl_k3, offpolicy_loss, self_rollout_loss, sft_loss
 
 
 @dataclass
@@ -134,7 +134,11 @@ def grpo_term(cfg: ObjectiveConfig, batch: TokenBatch, sh: Shared) -> TermOut:
     if cfg.is_level == "sequence":
         logp_BT, old_BT = gspo_log_ratio(logp_BT, old_BT, sh.roll_BT), torch.zeros_like(old_BT)
     # clipped_BT: where the clip binds (not masked; the loop counts it over its rollout tokens)
-    surrogate_BT, clipped_BT = grpo_loss(logp_BT, old_BT, batch.adv_B, cfg.clip_eps, cfg.clip_eps_high)
+    if cfg.surrogate == "cispo":  # CISPO (arXiv 2506.13585): the clipped ratio a detached weight on log pi
+        surrogate_BT, clipped_BT = cispo_loss(sh.pg_logp_BT, logp_BT - old_BT.detach(), batch.adv_B,
+                                              cfg.clip_eps, cfg.clip_eps_high)
+    else:
+        surrogate_BT, clipped_BT = grpo_loss(logp_BT, old_BT, batch.adv_B, cfg.clip_eps, cfg.clip_eps_high)
     return TermOut(sh.tis_BT * surrogate_BT * sh.roll_BT, {"clipped_BT": clipped_BT})
 
 

@@ -1,6 +1,6 @@
 """The 2025 methods of issue 24 as options of the GRPO term: GSPO (objective.is_level=sequence),
-CISPO (objective.surrogate=cispo); hand-computed losses and gradients, their config ranges, and a
-short run of each preset."""
+CISPO (objective.surrogate=cispo), the forking tokens (objective.top_entropy_quantile);
+hand-computed losses and gradients, their config ranges, and a short run of each preset."""
 
 import json
 import math
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from srft.config import ConfigError, ObjectiveConfig, load_config
-from srft.objective import TokenBatch, batch_losses, cispo_loss, gspo_log_ratio
+from srft.objective import TokenBatch, agg_loss, batch_losses, cispo_loss, gspo_log_ratio, top_entropy_mask
 
 # --------------------------------------------------------------------------- helpers
 
@@ -197,3 +197,105 @@ def test_cispo_preset_runs(tiny_model_dir, tmp_path):
         assert math.isfinite(r["loss"]) and not r["skipped"]
         assert 0.0 <= r["clip_frac"] <= 1.0
         assert r["loss_sft"] == 0.0 and r["loss_offpolicy"] == 0.0
+
+
+# --------------------------------------------------------------------------- forking tokens
+
+
+# seq 0 a rollout, entropies [0.1, 0.9, 0.5]; seq 1 a rollout [0.7, 0.3] and a pad (5.0);
+# seq 2 a demonstration [2.0, 2.0, 2.0]: the 5 rollout tokens' entropies are 0.1, 0.9, 0.5, 0.7, 0.3
+ENT = [[0.1, 0.9, 0.5], [0.7, 0.3, 5.0], [2.0, 2.0, 2.0]]
+MASK = [[1.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 1.0, 1.0]]
+ROLL = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+
+
+@pytest.mark.parametrize("quantile, expected", [
+    # k = ceil(0.4 * 5) = 2: the two highest, 0.9 and 0.7; the pad (5.0) and the demonstration (2.0) do not count
+    (0.4, [[0, 1, 0], [1, 0, 0], [0, 0, 0]]),
+    # k = ceil(0.2 * 5) = 1: 0.9 only
+    (0.2, [[0, 1, 0], [0, 0, 0], [0, 0, 0]]),
+    # k = ceil(0.5 * 5) = 3: 0.9, 0.7, 0.5
+    (0.5, [[0, 1, 1], [1, 0, 0], [0, 0, 0]]),
+    # 1: every rollout token
+    (1.0, [[1, 1, 1], [1, 1, 0], [0, 0, 0]]),
+])
+def test_top_entropy_mask_by_hand(quantile, expected):
+    mask = top_entropy_mask(torch.tensor(ENT), ROLL, quantile)
+    torch.testing.assert_close(mask, torch.tensor(expected, dtype=torch.float32))
+
+
+def test_top_entropy_mask_keeps_ties_and_handles_no_tokens():
+    # entropies [0.5, 0.5, 0.1, 0.1]: k = ceil(0.25 * 4) = 1, the threshold 0.5: both tied tokens kept
+    mask = top_entropy_mask(torch.tensor([[0.5, 0.5, 0.1, 0.1]]), torch.ones(1, 4), 0.25)
+    torch.testing.assert_close(mask, torch.tensor([[1.0, 1.0, 0.0, 0.0]]))
+    torch.testing.assert_close(top_entropy_mask(torch.ones(1, 3), torch.zeros(1, 3), 0.2), torch.zeros(1, 3))
+
+
+def test_forking_tokens_narrow_the_grpo_term_only_by_hand():
+    # On-policy (old = logp): ratio 1, each GRPO token's loss -A: seq 0 (A = +1) -1, seq 1 (A = -0.5) +0.5.
+    # top_entropy_quantile 0.4 keeps seq 0's second token and seq 1's first (see above):
+    #   grpo = [[0, -1, 0], [0.5, 0, 0], [0, 0, 0]], gradient d/dlogp = -A on those tokens, 0 elsewhere;
+    # the entropy bonus (coef 0.01) keeps every rollout token: -0.01 * H = [[-0.001, -0.009, -0.005],
+    #   [-0.007, -0.003, 0], [0, 0, 0]].
+    # The token-mean over the rollout tokens divides by all 5 of them: (-1 + 0.5) / 5 = -0.1
+    #   (not by the 2 forking tokens, -0.25), as the paper's objective keeps 1 / sum |o_i|.
+    logp = [[-1.0, -2.0, -0.5], [-1.5, -0.7, 0.0], [-0.3, -0.3, -0.3]]
+    b = _batch(logp, logp, [1.0, -0.5, 0.0], mask=MASK, is_demo=[False, False, True], entropy=ENT)
+    out = batch_losses(_cfg(top_entropy_quantile=0.4, entropy_coef=0.01), b)
+    grpo = out.terms["grpo"]
+    torch.testing.assert_close(grpo.detach(), torch.tensor([[0.0, -1.0, 0.0], [0.5, 0.0, 0.0], [0.0, 0.0, 0.0]]))
+    torch.testing.assert_close(out.terms["entropy_bonus"].detach(),
+                               torch.tensor([[-0.001, -0.009, -0.005], [-0.007, -0.003, 0.0], [0.0, 0.0, 0.0]]))
+    torch.testing.assert_close(agg_loss(grpo.detach(), ROLL, "token-mean"), torch.tensor(-0.1))
+    grpo.sum().backward()
+    torch.testing.assert_close(b.logp_BT.grad, torch.tensor([[0.0, -1.0, 0.0], [0.5, 0.0, 0.0], [0.0, 0.0, 0.0]]))
+    # off (1.0): every rollout token: [[-1, -1, -1], [0.5, 0.5, 0], [0, 0, 0]]
+    full = batch_losses(_cfg(entropy_coef=0.01), _batch(logp, logp, [1.0, -0.5, 0.0], mask=MASK,
+                                                        is_demo=[False, False, True], entropy=ENT))
+    torch.testing.assert_close(full.terms["grpo"].detach(),
+                               torch.tensor([[-1.0, -1.0, -1.0], [0.5, 0.5, 0.0], [0.0, 0.0, 0.0]]))
+
+
+def test_forking_tokens_mask_the_clipped_figure():
+    # CISPO batch (seq 0's first token's weight clipped) with the forking tokens: only seq 0's second
+    # token (entropy 0.9, k = ceil(0.25 * 4) = 1) is a forking token, so no clipped token is counted
+    b = _batch([[-1.0, -2.0], [-0.2, -3.0]], [[-1.5, -1.0], [-0.2, -3.0]], [1.0, -0.5],
+               entropy=[[0.1, 0.9], [0.7, 0.3]])
+    out = batch_losses(_cfg(surrogate="cispo", clip_eps=1.0, clip_eps_high=0.28, top_entropy_quantile=0.25), b)
+    assert float(out.metrics["grpo"]["clipped_BT"].sum()) == 0.0
+    # loss on that token only: -0.367879 * 1 * -2.0 = 0.735759
+    torch.testing.assert_close(out.terms["grpo"].detach(), torch.tensor([[0.0, 0.735759], [0.0, 0.0]]))
+
+
+def test_forking_tokens_preset_and_config_checks():
+    o = load_config("forking-tokens").objective
+    assert (o.top_entropy_quantile, o.self_rollout, o.clip_eps_high, o.loss_agg) == (0.2, "grpo", 0.28, "token-mean")
+    assert load_config("grpo").objective.top_entropy_quantile == 1.0  # off by default
+    load_config("gspo", None, ["objective.top_entropy_quantile=0.2"])  # any GRPO-family preset
+    for bad in ("0", "1.5", "-0.2"):
+        with pytest.raises(ConfigError, match="top_entropy_quantile"):
+            load_config("grpo", None, [f"objective.top_entropy_quantile={bad}"])
+    with pytest.raises(ConfigError, match="narrows the GRPO term's tokens"):
+        load_config("srft", None, ["objective.top_entropy_quantile=0.2"])
+
+
+def test_forking_tokens_preset_runs_and_changes_only_the_policy_term(tiny_model_dir, tmp_path, monkeypatch):
+    import dataclasses
+
+    import srft.training.loop as loop
+
+    real = loop.verify_all
+
+    def verify_all(task, texts, answers):  # every third sequence correct: with n=3 every group is mixed
+        return [dataclasses.replace(s, reward=1.0, correct=True) if i % 3 == 0 else s
+                for i, s in enumerate(real(task, texts, answers))]
+
+    monkeypatch.setattr(loop, "verify_all", verify_all)
+    fork = _tiny_run("forking-tokens", tiny_model_dir, tmp_path / "a", "rollout.n=3", "run.seed=5")
+    full = _tiny_run("forking-tokens", tiny_model_dir, tmp_path / "b", "rollout.n=3", "run.seed=5",
+                     "objective.top_entropy_quantile=1")
+    assert len(fork) == len(full) == 2
+    assert all(math.isfinite(r["loss"]) and not r["skipped"] for r in fork)
+    # step 0: the same rollouts and weights (the same entropy), a different policy-gradient loss
+    assert fork[0]["entropy_rollout"] == pytest.approx(full[0]["entropy_rollout"])
+    assert fork[0]["loss_grpo"] != pytest.approx(full[0]["loss_grpo"])

@@ -241,6 +241,11 @@ class ObjectiveConfig:
         "(GSPO: s = exp(mean over the sequence's rollout tokens of log pi - log pi_old), clipped to "
         "[1 - clip_eps, 1 + clip_eps_high] for the whole sequence; each token carries s with its own log pi's "
         "gradient). The ratio leaves 1 only with optim.mini_batches > 1.")
+    top_entropy_quantile: float = _f(
+        1.0, "self_rollout=grpo: the GRPO term only on the forking tokens, the rollout tokens whose entropy is in "
+        "this top fraction of the micro-batch's rollout tokens (optim.micro_batch sequences; the paper takes the "
+        "step's batch); 0.2 = the 80/20 paper's; 1 = every token. The other terms and the loss's normaliser "
+        "keep every rollout token.", range='(0, 1]')
     sft_stage_steps: float = _f(0, "Steps of plain SFT on demonstrations before this objective takes over "
                                    "(the two-stage SFT-then-RL baseline); 0 = a single stage. " + STEPS_OR_FRACTION,
                                 range='[0, inf)')
@@ -575,6 +580,9 @@ def validate(cfg: Config) -> None:
     if o.surrogate != "clip" and o.self_rollout != "grpo":
         raise ConfigError(f"objective.surrogate={o.surrogate} is a loss of the GRPO term, but "
                           f"self_rollout={o.self_rollout}; set self_rollout=grpo, or surrogate=clip")
+    if o.top_entropy_quantile < 1 and o.self_rollout != "grpo":
+        raise ConfigError(f"objective.top_entropy_quantile={o.top_entropy_quantile} narrows the GRPO term's tokens, "
+                          f"but self_rollout={o.self_rollout}; set self_rollout=grpo, or top_entropy_quantile=1")
     if o.is_level != "token" and o.self_rollout != "grpo":
         raise ConfigError(f"objective.is_level={o.is_level} sets the GRPO surrogate's importance ratio, but "
                           f"self_rollout={o.self_rollout}; set self_rollout=grpo, or is_level=token")

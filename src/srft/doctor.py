@@ -545,6 +545,16 @@ PRESET_NOTES: dict[str, list[tuple]] = {
          "4 updates per rollout batch (srft's choice, as gspo): with one update the weight is 1 and CISPO is "
          "token-mean REINFORCE"),
     ],
+    "forking-tokens": [
+        ("objective.top_entropy_quantile", 0.2, "top 20% of the batch's tokens", "-",
+         "the threshold is taken over each micro-batch's rollout tokens (optim.micro_batch sequences, per rank); "
+         "the same as the paper's when a step has at most optim.micro_batch sequences on one rank"),
+        ("rollout.filter_rounds", 3, "until the batch is full (DAPO's)", "-",
+         "dynamic sampling stops after 3 draws and trains on the mixed groups found"),
+        ("[reward]", "0 / 1", "-1 / 1 (DAPO's)", "-", "the overlong penalty (up to 1) weighs twice as much against "
+                                                      "the reward gap"),
+        _ONE_UPDATE,
+    ],
     "luffy": [
         ("[group]", "G rollouts + the demonstration", "G-1 rollouts + the demonstration", "-",
          "one more on-policy sample per group than LUFFY"),

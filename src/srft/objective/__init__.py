@@ -26,6 +26,7 @@ from srft.objective.losses import (
     sft_weight,
     tis_weight,
     token_logprobs_and_entropy,
+    top_entropy_mask,
     weight_factor,
 )
 from srft.objective.terms import REGISTRY, TermOut, register_term
@@ -35,6 +36,6 @@ __all__ = [
     "register_term", "TermOut", "REGISTRY",
     "agg_loss", "chord_mu", "cispo_loss", "entropy_for_weights", "group_advantages", "grpo_loss", "gspo_log_ratio", "kl_full", "kl_k3",
     "offpolicy_loss", "phi_weight", "prob_weight", "rl_weight", "self_rollout_loss", "sft_loss", "sft_weight", "token_logprobs_and_entropy",
-    "controller_update", "prefix_keep_mask", "weight_factor", "old_logprobs", "tis_weight",
+    "controller_update", "prefix_keep_mask", "weight_factor", "old_logprobs", "tis_weight", "top_entropy_mask",
     "overlong_penalty",
 ]

@@ -34,6 +34,7 @@ from srft.objective.losses import (
     rl_weight,
     sft_weight,
     tis_weight,
+    top_entropy_mask,
 )
 from srft.objective.terms import REGISTRY, Shared, TermOut
 
@@ -103,9 +104,14 @@ def shared_pieces(cfg: ObjectiveConfig, b: TokenBatch) -> Shared:
             kl_cov_BT = kl_cov_mask(cov_BT, roll_BT, cfg.cov_ratio)
         else:
             raise ValueError(f"cov_method must be none, clip-cov or kl-cov, got {cfg.cov_method!r}")
+    # The forking tokens (arXiv 2506.01939): the GRPO term only on the rollout tokens whose entropy is
+    # in the top top_entropy_quantile of this micro-batch's (after Prefix-RFT's narrowing); the other
+    # rollout terms and the normalisers keep every rollout token.
+    fork_BT = top_entropy_mask(b.entropy_BT, roll_BT, cfg.top_entropy_quantile) \
+        if cfg.top_entropy_quantile < 1 else None
     return Shared(demo_BT=demo_BT, roll_BT=roll_BT, w_sft_BT=w_sft_BT, w_rl_BT=w_rl_BT, tis_BT=tis_BT,
                   old_logp_BT=old_BT, pg_logp_BT=pg_logp_BT, kl_cov_BT=kl_cov_BT,
-                  sft_share=sft_share, rl_share=rl_share)
+                  sft_share=sft_share, rl_share=rl_share, fork_BT=fork_BT)
 
 
 def token_losses(

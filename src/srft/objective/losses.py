@@ -276,6 +276,25 @@ def prefix_keep_mask(entropy_BT: torch.Tensor, prefix_len_B: torch.Tensor, mask_
     return (keep_prefix_BT | ~in_prefix_BT).to(mask_BT.dtype) * mask_BT
 
 
+def top_entropy_mask(entropy_BT: torch.Tensor, mask_BT: torch.Tensor, quantile: float) -> torch.Tensor:
+    """The forking tokens (Wang et al. 2025, "Beyond the 80/20 Rule", arXiv 2506.01939): of the
+    tokens in ``mask_BT``, those whose entropy is in the top ``quantile`` of theirs; [B, T].
+
+    With n tokens the threshold is the k-th highest entropy, k = ceil(quantile * n) (at least 1),
+    and every token at or above it is kept (the paper's indicator H >= tau; ties may keep a few
+    more). ``quantile >= 1`` keeps every token. The entropy carries no gradient here.
+    """
+    mask = mask_BT.to(entropy_BT.dtype)
+    if quantile >= 1:
+        return mask
+    values = entropy_BT.detach()[mask_BT > 0]
+    if values.numel() == 0:
+        return mask
+    k = max(1, math.ceil(quantile * values.numel() - 1e-9))
+    threshold = torch.topk(values, k).values[-1]
+    return (entropy_BT.detach() >= threshold).to(mask.dtype) * mask
+
+
 # --------------------------------------------------------------------------- per-token loss terms
 
 

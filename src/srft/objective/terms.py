@@ -5,7 +5,7 @@ A term is a function ``(cfg, batch, shared) -> TermOut``: its per-token loss ``[
 :func:`~srft.objective.combine.reduce_terms`) and its own figures for the step's record.
 ``shared`` (:class:`Shared`) holds what several terms read and what must be computed once,
 in order, before any term: the token masks, the entropy-aware weights, the TIS weight, the
-ratio's old log-probs and the covariance-chosen tokens.
+ratio's old log-probs, the covariance-chosen tokens and the forking tokens.
 
 Registration declares the term's name, the sequences it applies to (``demos``,
 ``rollouts``, or ``kl_tokens``: chosen by ``objective.kl_tokens``), which fixes its
@@ -50,6 +50,8 @@ class Shared:
     kl_cov_BT: torch.Tensor | None  # [B, T] KL-Cov's chosen tokens (None: off)
     sft_share: float  # CHORD's mu (1 with mix=add)
     rl_share: float  # 1 - mu (1 with mix=add): scales every term but sft, last
+    # [B, T] the forking tokens, the only rollout tokens the GRPO term applies to (None: all of roll_BT)
+    fork_BT: torch.Tensor | None = None
     # pieces two terms compute together (SRFT's pos and neg), computed by the first that needs them
     cache: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -139,7 +141,10 @@ def grpo_term(cfg: ObjectiveConfig, batch: TokenBatch, sh: Shared) -> TermOut:
                                               cfg.clip_eps, cfg.clip_eps_high)
     else:
         surrogate_BT, clipped_BT = grpo_loss(logp_BT, old_BT, batch.adv_B, cfg.clip_eps, cfg.clip_eps_high)
-    return TermOut(sh.tis_BT * surrogate_BT * sh.roll_BT, {"clipped_BT": clipped_BT})
+    roll_BT = sh.roll_BT
+    if sh.fork_BT is not None:  # top_entropy_quantile < 1: the policy gradient on the forking tokens only
+        roll_BT, clipped_BT = sh.fork_BT, clipped_BT * sh.fork_BT
+    return TermOut(sh.tis_BT * surrogate_BT * roll_BT, {"clipped_BT": clipped_BT})
 
 
 @register_term("entropy_bonus", applies_to="rollouts", enabled=lambda cfg: cfg.entropy_coef != 0)

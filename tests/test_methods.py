@@ -259,6 +259,9 @@ ACTIVE = {
     "relift": {"grpo", "entropy_bonus"},  # every group has a correct rollout here: the buffer stays empty
     "asft": {"sft", "kl"},  # the KL term is 0 at step 0 (policy = reference) but not at step 1: see below
     "prefix-rft": {"grpo", "entropy_bonus"},
+    "gspo": {"grpo"},  # no entropy bonus
+    "cispo": {"grpo"},  # no entropy bonus
+    "forking-tokens": {"grpo"},  # no entropy bonus
 }
 
 

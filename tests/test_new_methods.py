@@ -106,7 +106,7 @@ def test_gspo_preset_and_config_checks():
     o = cfg.objective
     assert (o.self_rollout, o.is_level, o.clip_eps, o.clip_eps_high) == ("grpo", "sequence", 3e-4, 4e-4)
     assert (o.loss_agg, o.adv_norm, o.demonstrations, cfg.optim.mini_batches) == ("seq-mean-token-mean", "std",
-                                                                                   False, 4)
+                                                                                   False, 2)
     with pytest.raises(ConfigError, match="is_level"):
         load_config("grpo", None, ["objective.is_level=batch"])
     with pytest.raises(ConfigError, match="is_level=sequence sets the GRPO surrogate"):
@@ -120,7 +120,7 @@ def test_gspo_preset_runs(tiny_model_dir, tmp_path):
     assert len(records) == 2
     for r in records:
         assert math.isfinite(r["loss"]) and not r["skipped"]
-        assert 0.0 <= r["clip_frac"] <= 1.0  # four mini-batches: the clipped share is recorded
+        assert 0.0 <= r["clip_frac"] <= 1.0  # two mini-batches: the clipped share is recorded
         assert r["loss_sft"] == 0.0 and r["loss_pos"] == 0.0
 
 
@@ -181,7 +181,7 @@ def test_cispo_preset_and_config_checks():
     o = cfg.objective
     assert (o.self_rollout, o.surrogate, o.is_level, o.clip_eps, o.clip_eps_high) == ("grpo", "cispo", "token",
                                                                                       1.0, 3.0)
-    assert (o.loss_agg, o.kl_coef, o.entropy_coef, cfg.optim.mini_batches) == ("token-mean", 0.0, 0.0, 4)
+    assert (o.loss_agg, o.kl_coef, o.entropy_coef, cfg.optim.mini_batches) == ("token-mean", 0.0, 0.0, 2)
     with pytest.raises(ConfigError, match="surrogate"):
         load_config("grpo", None, ["objective.surrogate=ppo"])
     with pytest.raises(ConfigError, match="surrogate=cispo is a loss of the GRPO term"):

@@ -541,10 +541,13 @@ PRESET_NOTES: dict[str, list[tuple]] = {
     "cispo": [
         ("objective.clip_eps_high", 3.0, "tuned, no value given", "-",
          "the IS weight capped at 1 + 3 = 4, no lower bound (clip_eps=1): srft's choice of a large cap"),
-        ("optim.mini_batches", 4, "not stated", "-",
-         "4 updates per rollout batch (srft's choice, as gspo): with one update the weight is 1 and CISPO is "
+        ("optim.mini_batches", 2, "not stated", "-",
+         "2 updates per rollout batch (srft's choice, as gspo): with one update the weight is 1 and CISPO is "
          "token-mean REINFORCE"),
     ],
+    "gspo": [("optim.mini_batches", 2, 4, "-",
+              "2 updates per rollout batch, so that the preset runs with rollout.prompts_per_step=2 (a mini-batch "
+              "needs whole groups); optim.mini_batches=4 gives the paper's")],
     "forking-tokens": [
         ("objective.top_entropy_quantile", 0.2, "top 20% of the batch's tokens", "-",
          "the threshold is taken over each micro-batch's rollout tokens (optim.micro_batch sequences, per rank); "

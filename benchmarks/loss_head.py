@@ -34,20 +34,13 @@ def _peak_reset() -> bool:
         return False
 
 
-def _hwm_bytes() -> int:
+def _status_bytes(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (VmHWM: peak RSS, VmRSS: now)."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def one(path: str, prompt: int, response: int, hidden: int, chunk: int, repeats: int, threads: int) -> dict:
@@ -84,7 +77,7 @@ def one(path: str, prompt: int, response: int, hidden: int, chunk: int, repeats:
     model.zero_grad(set_to_none=True)
     import gc
     gc.collect()
-    base = _rss_bytes()
+    base = _status_bytes("VmRSS")
     if not _peak_reset():
         raise RuntimeError("cannot reset the peak RSS (/proc/self/clear_refs): Linux only")
     times = []
@@ -92,7 +85,7 @@ def one(path: str, prompt: int, response: int, hidden: int, chunk: int, repeats:
         t0 = time.perf_counter()
         loss = step()
         times.append(time.perf_counter() - t0)
-    peak = _hwm_bytes()
+    peak = _status_bytes("VmHWM")
     return {"path": path, "prompt": prompt, "response": response, "chunk": chunk if path == "chunked" else None,
             "peak_above_model_gb": (peak - base) / 1e9, "bytes_per_token": (peak - base) / (prompt + response),
             "seconds": min(times), "loss": loss}

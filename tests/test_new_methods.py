@@ -2,7 +2,6 @@
 CISPO (objective.surrogate=cispo), the forking tokens (objective.top_entropy_quantile);
 hand-computed losses and gradients, their config ranges, and a short run of each preset."""
 
-import json
 import math
 
 import pytest
@@ -31,19 +30,11 @@ def _cfg(**kw):
 
 
 def _tiny_run(preset, model_dir, tmp_path, *extra):
-    from srft.training.loop import train
+    """test_peer_presets' two-step run, with 4 prompts (whole groups for 2 mini-batches) of 2 rollouts."""
+    from test_peer_presets import _tiny_run as peer_tiny_run
 
-    before = torch.get_num_threads()
-    try:
-        cfg = load_config(preset, None, [
-            f"model.path={model_dir}", "run.eval_every=0", "run.save_every=0", "run.eval_k=2", "run.progress=false",
-            "run.plots=false", "rollout.prompts_per_step=4", "rollout.n=2", "data.train_size=20", "data.test_size=4",
-            "data.max_response_tokens=16", "data.too_long=truncate", "optim.micro_batch=4", "model.threads=1",
-            "run.steps=2", f"run.out_dir={tmp_path}/run", *extra])
-        run_dir = train(cfg)
-    finally:
-        torch.set_num_threads(before)
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return peer_tiny_run(preset, model_dir, tmp_path, "rollout.prompts_per_step=4", "rollout.n=2",
+                         "data.max_response_tokens=16", *extra)
 
 
 # --------------------------------------------------------------------------- GSPO

@@ -8,8 +8,10 @@ and torch are told at start:
 - ``before``: libgomp's default wait policy (a thread that finishes its share of an OpenMP
   parallel region spins ~300k iterations, a few ms, before it sleeps), torch's default thread
   count: the worker imports torch before srft, so srft's default cannot reach libgomp;
-- ``after``: srft's default: ``import srft`` (every entry point does it before torch) sets
-  ``OMP_WAIT_POLICY=PASSIVE``, so waiting threads sleep at once;
+- ``after``: srft's default: ``import srft`` (every entry point does it before torch) samples how
+  busy the machine is for 0.1 s and sets ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep at
+  once) only when other processes keep half a core or more busy, else leaves libgomp's default;
+- ``passive``: ``OMP_WAIT_POLICY=PASSIVE`` always (srft's default until 2026-12-07);
 - ``after-gen1``: ``after`` with one torch thread while the HF engine generates (what a change
   to ``srft.rollout.engine.HFEngine`` would do; here a patch inside the worker only);
 - ``before-threads1``: libgomp's default with one torch thread (``model.threads=1``);
@@ -49,6 +51,7 @@ SETTINGS = {
     # name: (environment added for the worker, import srft before torch, torch threads, threads while HF generates)
     "before": ({}, False, 0, None),
     "after": ({}, True, 0, None),
+    "passive": ({"OMP_WAIT_POLICY": "PASSIVE"}, True, 0, None),
     "after-gen1": ({}, True, 0, 1),
     "before-threads1": ({}, False, 1, None),
     "after-threads1": ({}, True, 1, None),
@@ -61,7 +64,7 @@ SETTINGS = {
 }
 WORKLOADS = ("reference", "pretrain", "generate", "train")
 # variables that decide libgomp's wait; the worker starts without them unless its setting adds them
-OMP_WAIT_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+OMP_WAIT_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "SRFT_WAIT_POLICY")
 
 BUSY = {
     "spin": "while True:\n    pass\n",
@@ -232,7 +235,8 @@ def worker(args) -> int:
         limit_generate_threads(gen_threads)
     times, others = {"pretrain": work_pretrain, "generate": work_generate, "train": work_train}[args.worker](args)
     print("RESULT " + json.dumps({"times": times, "others_cores": others, "torch_threads": torch.get_num_threads(),
-                                  "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}), flush=True)
+                                  "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+                                  "srft_wait_policy": os.environ.get("SRFT_WAIT_POLICY")}), flush=True)
     return 0
 
 

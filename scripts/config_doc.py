@@ -51,6 +51,13 @@ means > 0, `[0, inf)` means >= 0, `[0, inf]` allows infinity itself; NaN is neve
 Step schedules (`objective.sft_stage_steps`, `mu_warmup_steps`, `mu_decay_steps`,
 `sasr_warmup_steps`) below 1 are fractions of `run.steps`.
 
+A key whose help ends in "Feeds: ..." matters only while one of the loss terms or methods it
+names is on (each feature's rule is in
+[`src/srft/objective/features.py`](../src/srft/objective/features.py), each term's in
+[`src/srft/objective/terms.py`](../src/srft/objective/terms.py)); `srft doctor` warns about such
+a key set away from its default while all of them are off. A key without one is tied to no term
+or method (an objective key without one is read in every run).
+
 Sections: {sections}.
 """
 
@@ -149,6 +156,12 @@ def _default(value) -> str:
     return str(value)
 
 
+def _help(f: dataclasses.Field) -> str:
+    """The field's help, then what it feeds (its ``feeds`` tags: terms and features)."""
+    feeds = f.metadata.get("feeds")
+    return f.metadata.get("help", "") + (f" Feeds: {', '.join(feeds)}." if feeds else "")
+
+
 def generate() -> str:
     cfg = C.Config()
     sections = [f.name for f in dataclasses.fields(C.Config)]
@@ -164,8 +177,7 @@ def generate() -> str:
         for f in dataclasses.fields(obj):
             rng = f.metadata.get("range", "")
             parts.append(f"| `{sect.name}.{f.name}` | {_cell(C._type_name(hints[f.name]))} | "
-                         f"`{_cell(_default(getattr(obj, f.name)))}` | {_cell(rng)} | "
-                         f"{_cell(f.metadata.get('help', ''))} |")
+                         f"`{_cell(_default(getattr(obj, f.name)))}` | {_cell(rng)} | {_cell(_help(f))} |")
         parts.append("")
     parts.append(MAPPING)
     return "\n".join(parts).replace("NoneType", "null")

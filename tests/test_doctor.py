@@ -16,6 +16,7 @@ from srft.doctor import (
     WARN,
     Options,
     check_demonstrations,
+    check_keys,
     check_presets,
     check_prompts,
     check_sampling,
@@ -337,3 +338,29 @@ def test_preset_notes(cache):
                                           "0.5*sg(exp(-H)); reference scripts exp(+H)")
     ctx.cfg.run.method = "my-method"
     assert [f.level for f in check_presets(ctx)] == [OK]
+
+
+# --------------------------------------------------------------------------- 6. keys
+
+
+def test_keys_warns_about_a_key_that_nothing_reads():
+    from srft.doctor import Context
+
+    ctx = Context(load_config("srft", None, ["objective.clip_eps_high=0.28"]), Options())
+    assert [(f.check, f.level) for f in check_keys(ctx)] == [("keys", WARN)]
+    assert check_keys(ctx)[0].message.startswith("objective.clip_eps_high=0.28 is set but nothing reads it here: "
+                                                 "it feeds the grpo term, which is off (objective.self_rollout=srft)")
+    ctx.cfg = load_config("dapo")
+    assert [f.level for f in check_keys(ctx)] == [OK]
+
+
+def test_keys_alone_loads_no_model(capsys, monkeypatch):
+    """--only keys,presets reads the config alone: prepare (model and data) is not called."""
+    def no_prepare(*a, **k):
+        raise AssertionError("prepare was called")
+
+    monkeypatch.setattr(doctor, "prepare", no_prepare)
+    assert main(["doctor", "--preset", "sft", "--only", "keys", "objective.clip_eps=0.3"]) == 0
+    out = capsys.readouterr().out
+    assert "[keys]" in out and "objective.clip_eps=0.3 is set but nothing reads it here" in out
+    assert "summary: 0 problem(s), 1 warning(s) in 1 checks" in out

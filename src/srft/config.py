@@ -40,16 +40,22 @@ STEP_SCHEDULE_KEYS = ("sft_stage_steps", "mu_warmup_steps", "mu_decay_steps", "s
 SEED_RANGE = "[0, 4294967295]"
 
 
-def _f(default: Any, help: str, range: str | None = None, **kw: Any) -> Any:
+def _f(default: Any, help: str, range: str | None = None, feeds: str | tuple[str, ...] | None = None,
+       **kw: Any) -> Any:
     """A dataclass field with a help text and, for numbers, its allowed range (both in the metadata).
 
     ``range`` is an interval: ``(0, inf)`` (> 0), ``[0, inf)`` (>= 0), ``[0, 1]``, ``(0, 1]``;
     ``inf]`` means infinity itself is allowed (``[0, inf]``). NaN is never allowed.
+    ``feeds`` names what reads the key: loss terms of :mod:`srft.objective.terms` or the
+    features of :mod:`srft.objective.features`; the key matters only while one of them is on
+    (``srft doctor`` warns about a key set while all are off). No ``feeds``: read in every run.
     """
-    meta = {"help": help}
+    meta: dict[str, Any] = {"help": help}
     if range is not None:
         _parse_range(range)  # a malformed range fails at import, not when a user hits it
         meta["range"] = range
+    if feeds is not None:
+        meta["feeds"] = (feeds,) if isinstance(feeds, str) else tuple(feeds)
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta, **kw)
     return field(default=default, metadata=meta, **kw)
@@ -179,7 +185,7 @@ class RolloutConfig:
         "wrong, and sample further prompts until rollout.prompts_per_step such groups are found (or "
         "filter_rounds draws are spent: the step then trains on those it has). One process only so far.")
     filter_rounds: int = _f(3, "rollout.filter_groups: most draws of rollout.prompts_per_step prompts per step.",
-                            range='(0, inf)')
+                            range='(0, inf)', feeds="dynamic-sampling")
     seeds: Literal["stream", "prompt"] = _f(
         "stream", "Sampling randomness of the rollouts: stream (one random stream: torch's for rollout.engine=hf, "
         "the engine's own, seeded once from run.seed and the rank, for vllm) or prompt (each prompt's rollouts from "
@@ -191,61 +197,68 @@ class RolloutConfig:
 @dataclass
 class ObjectiveConfig:
     demonstrations: bool = _f(True, "Add each prompt's demonstration to its rollout group (off for GRPO).")
-    adv_norm: Literal["std", "mean"] = _f("std", "Group advantage: (r-mean)/(std+eps) or r-mean.")
-    adv_eps: float = _f(1e-6, "Epsilon in the advantage's denominator.", range='[0, inf)')
+    adv_norm: Literal["std", "mean"] = _f("std", "Group advantage: (r-mean)/(std+eps) or r-mean.", feeds="advantages")
+    adv_eps: float = _f(1e-6, "Epsilon in the advantage's denominator.", range='[0, inf)', feeds="advantages")
     overlong_buffer: float = _f(
         0.0, "DAPO's soft overlong punishment: the last fraction of data.max_response_tokens over which an own "
         "rollout's reward falls linearly to -overlong_penalty at the limit (DAPO: 4096 of 20480 = 0.2); 0 = off. "
-        "Correctness, and so the w_RL / +log pi split, is the verifier's alone.", range='[0, 1)')
-    overlong_penalty: float = _f(1.0, "objective.overlong_buffer: the penalty at the response limit.", range='[0, inf)')
+        "Correctness, and so the w_RL / +log pi split, is the verifier's alone.", range='[0, 1)', feeds="advantages")
+    overlong_penalty: float = _f(1.0, "objective.overlong_buffer: the penalty at the response limit.", range='[0, inf)',
+                                 feeds="overlong")
     adv_group: Literal["all", "rollouts"] = _f(
         "all", "Which sequences make a prompt's advantage group: all (rollouts and the demonstration) or rollouts "
         "(the demonstration stays out of the mean and std and gets advantage 0, as in CHORD: an all-wrong group "
-        "then gets no negative signal from a correct demonstration).")
+        "then gets no negative signal from a correct demonstration).", feeds="advantages")
     sft_coef: float = _f(0.5, "c_sft in w_SFT = c_sft * sg(exp(-H)) on demonstration tokens; 0 disables the SFT term.", range='[0, inf)')
     sft_weight: Literal["exp", "constant", "prob", "phi", "linear", "cosine", "target"] = _f(
         "exp", "w_SFT per token: c_sft * sg(exp(-H)) (exp, the paper), c_sft (constant), c_sft * sg(pi) (prob, DFT), "
         "c_sft * sg(pi*(1-pi)) (phi, CHORD-phi; pi = the token's probability), c_sft times a schedule over training "
         "steps from 1 to sft_schedule_end (linear, cosine), or c_sft times a factor that a controller moves to hold "
-        "rollout entropy near entropy_target (target; it raises w_SFT while entropy is below the target).")
+        "rollout entropy near entropy_target (target; it raises w_SFT while entropy is below the target).", feeds="sft")
     offpolicy_coef: float = _f(1.0, "Weight of the off-policy RL term -A*f(pi) on demonstrations; 0 disables it.", range='[0, inf)')
-    offpolicy_shaping: Literal["identity", "luffy"] = _f("identity", "f(pi): pi, or LUFFY's pi/(pi+gamma).")
-    shaping_gamma: float = _f(0.1, "gamma in LUFFY's shaping pi/(pi+gamma).", range='(0, inf)')
+    offpolicy_shaping: Literal["identity", "luffy"] = _f("identity", "f(pi): pi, or LUFFY's pi/(pi+gamma).",
+                                                         feeds="offpolicy")
+    shaping_gamma: float = _f(0.1, "gamma in LUFFY's shaping pi/(pi+gamma).", range='(0, inf)', feeds="luffy-shaping")
     self_rollout: Literal["srft", "grpo", "none"] = _f(
         "srft", "Loss on own rollouts: SRFT's weighted log-likelihood terms, the clipped GRPO surrogate, or none "
         "(rollouts are still generated and logged but get no policy term, e.g. for SFT).")
-    rl_coef: float = _f(0.1, "c_rl in w_RL = c_rl * sg(exp(H)) on correct rollouts.", range='[0, inf)')
+    rl_coef: float = _f(0.1, "c_rl in w_RL = c_rl * sg(exp(H)) on correct rollouts.", range='[0, inf)', feeds="pos")
     rl_weight: Literal["exp", "constant", "phi", "linear", "cosine", "target"] = _f(
         "exp", "w_RL on correct rollouts: c_rl * sg(exp(H)) (exp, the paper), c_rl (constant), c_rl * sg(pi*(1-pi)) "
         "per token (phi), c_rl times a schedule from 1 to rl_schedule_end (linear, cosine), or c_rl times a factor "
         "a controller moves to hold rollout entropy near entropy_target (target; it lowers w_RL while entropy is "
-        "below the target, since reinforcing own samples sharpens the policy).")
+        "below the target, since reinforcing own samples sharpens the policy).", feeds="pos")
     sft_schedule_end: float = _f(0.0, "sft_weight=linear/cosine: the multiplier of c_sft at the last step "
-                                      "(it starts at 1).", range='[0, inf)')
-    rl_schedule_end: float = _f(0.0, "rl_weight=linear/cosine: the multiplier of c_rl at the last step (it starts at 1).", range='[0, inf)')
+                                      "(it starts at 1).", range='[0, inf)', feeds="sft-schedule")
+    rl_schedule_end: float = _f(0.0, "rl_weight=linear/cosine: the multiplier of c_rl at the last step (it starts at 1).", range='[0, inf)',
+                                feeds="rl-schedule")
     entropy_target: float = _f(0.3, "sft_weight/rl_weight=target and entropy_coef_mode=adaptive: the rollout entropy "
-                                    "(nats per token) to hold.", range='[0, inf)')
+                                    "(nats per token) to hold.", range='[0, inf)',
+                                    feeds=("entropy-controller", "adaptive-entropy"))
     controller_gain: float = _f(0.5, "sft_weight/rl_weight=target: each step the log of the factor moves by "
-                                     "gain * (entropy gap), bounded to [-4, 4].", range='[0, inf)')
-    neg_coef: float = _f(1.0, "Weight of the +log pi term on wrong rollouts (the paper uses 1).", range='[0, inf)')
-    clip_eps: float = _f(0.2, "GRPO surrogate: lower clip range (surrogate=cispo: of the IS weight; >= 1: none).", range='[0, inf]')
+                                     "gain * (entropy gap), bounded to [-4, 4].", range='[0, inf)',
+                                     feeds="entropy-controller")
+    neg_coef: float = _f(1.0, "Weight of the +log pi term on wrong rollouts (the paper uses 1).", range='[0, inf)',
+                         feeds="neg")
+    clip_eps: float = _f(0.2, "GRPO surrogate: lower clip range (surrogate=cispo: of the IS weight; >= 1: none).", range='[0, inf]',
+                         feeds="grpo")
     clip_eps_high: float = _f(0.2, "GRPO surrogate: upper clip range (DAPO's clip-higher uses e.g. 0.28; "
-                                   "surrogate=cispo: of the IS weight).", range='[0, inf]')
+                                   "surrogate=cispo: of the IS weight).", range='[0, inf]', feeds="grpo")
     surrogate: Literal["clip", "cispo"] = _f(
         "clip", "self_rollout=grpo: the policy-gradient loss on rollout tokens: clip (PPO/GRPO's "
         "-min(r A, clip(r) A); a token whose ratio leaves the range on the side its advantage pushes gets no "
         "gradient) or cispo (CISPO: -sg(clip(r, 1 - clip_eps, 1 + clip_eps_high)) * A * log pi; every token keeps "
-        "its gradient, the clipped ratio is a detached weight; clip_eps >= 1 sets no lower bound).")
+        "its gradient, the clipped ratio is a detached weight; clip_eps >= 1 sets no lower bound).", feeds="grpo")
     is_level: Literal["token", "sequence"] = _f(
         "token", "self_rollout=grpo: the importance ratio that is clipped: per token (GRPO, PPO) or per sequence "
         "(GSPO: s = exp(mean over the sequence's rollout tokens of log pi - log pi_old), clipped to "
         "[1 - clip_eps, 1 + clip_eps_high] for the whole sequence; each token carries s with its own log pi's "
-        "gradient). The ratio leaves 1 only with optim.mini_batches > 1.")
+        "gradient). The ratio leaves 1 only with optim.mini_batches > 1.", feeds="grpo")
     top_entropy_quantile: float = _f(
         1.0, "self_rollout=grpo: the GRPO term only on the forking tokens, the rollout tokens whose entropy is in "
         "this top fraction of the micro-batch's rollout tokens (optim.micro_batch sequences; the paper takes the "
         "step's batch); 0.2 = the 80/20 paper's; 1 = every token. The other terms and the loss's normaliser "
-        "keep every rollout token.", range='(0, 1]')
+        "keep every rollout token.", range='(0, 1]', feeds="grpo")
     sft_stage_steps: float = _f(0, "Steps of plain SFT on demonstrations before this objective takes over "
                                    "(the two-stage SFT-then-RL baseline); 0 = a single stage. " + STEPS_OR_FRACTION,
                                 range='[0, inf)')
@@ -254,52 +267,63 @@ class ObjectiveConfig:
     relift_mode: Literal["replace", "after"] = _f(
         "replace", "ReLIFT: replace (the SFT step on the buffer takes the place of the next RL step: equal optimiser "
         "steps) or after (as the paper: the SFT step follows the RL step that filled the buffer, with an optimiser "
-        "of its own at optim.lr, constant, saved in checkpoints; a token-mean cross-entropy).")
+        "of its own at optim.lr, constant, saved in checkpoints; a token-mean cross-entropy).", feeds="relift")
     mix: Literal["add", "chord"] = _f(
         "add", "How the SFT term and the RL terms combine: add (each with its own coefficient) or chord: "
         "(1-mu) * (every other term) + mu * (SFT term), mu following the mu_* schedule over training steps.")
-    mu_peak: float = _f(0.9, "mix=chord: mu at the end of the warm-up (the largest SFT share).", range='[0, 1]')
-    mu_valley: float = _f(0.05, "mix=chord: mu after the cosine decay (and throughout when there is no warm-up or decay).", range='[0, 1]')
+    mu_peak: float = _f(0.9, "mix=chord: mu at the end of the warm-up (the largest SFT share).", range='[0, 1]',
+                        feeds="chord-mu")
+    mu_valley: float = _f(0.05, "mix=chord: mu after the cosine decay (and throughout when there is no warm-up or decay).", range='[0, 1]',
+                          feeds="chord-mu")
     mu_warmup_steps: float = _f(0, "mix=chord: steps of linear warm-up of mu from 0 to mu_peak. " + STEPS_OR_FRACTION,
-                                range='[0, inf)')
+                                range='[0, inf)', feeds="chord-mu")
     mu_decay_steps: float = _f(0, "mix=chord: steps of cosine decay of mu from mu_peak to mu_valley after the "
-                                  "warm-up. " + STEPS_OR_FRACTION, range='[0, inf)')
+                                  "warm-up. " + STEPS_OR_FRACTION, range='[0, inf)', feeds="chord-mu")
     entropy_granularity: Literal["token", "sequence", "batch"] = _f(
-        "sequence", "Entropy H used in the weights: per token, per sequence mean, or batch mean.")
+        "sequence", "Entropy H used in the weights: per token, per sequence mean, or batch mean.",
+        feeds="entropy-weights")
     entropy_coef: float = _f(0.001, "Entropy bonus coefficient (loss -= coef * entropy).", range='(-inf, inf)')
     entropy_coef_mode: Literal["fixed", "adaptive"] = _f(
         "fixed", "The entropy bonus coefficient: fixed (entropy_coef throughout) or adaptive (Skywork-OR1: it starts "
         "at entropy_coef and after each step rises by entropy_coef_step while rollout entropy is below "
         "entropy_target, falls by it while above, clamped to [0, entropy_coef_max]).")
-    entropy_coef_step: float = _f(0.0005, "entropy_coef_mode=adaptive: the change of the coefficient per step.", range='(0, inf)')
-    entropy_coef_max: float = _f(0.01, "entropy_coef_mode=adaptive: the coefficient's upper bound.", range='[0, inf)')
+    entropy_coef_step: float = _f(0.0005, "entropy_coef_mode=adaptive: the change of the coefficient per step.", range='(0, inf)',
+                                  feeds="adaptive-entropy")
+    entropy_coef_max: float = _f(0.01, "entropy_coef_mode=adaptive: the coefficient's upper bound.", range='[0, inf)',
+                                 feeds="adaptive-entropy")
     cov_method: Literal["none", "clip-cov", "kl-cov"] = _f(
         "none", "Covariance-based control of the rollout tokens whose log-prob/advantage covariance drives entropy "
         "collapse, applied to the own-rollout term in use (the GRPO surrogate, or SRFT's pos/neg terms): clip-cov "
         "(a random cov_ratio of the rollout tokens with cov in (cov_low, cov_high) get no gradient) or kl-cov (the "
         "top cov_ratio by cov get kl_cov_coef * |log pi - log pi_old|; zero gradient while the update is on-policy).")
     cov_ratio: float = _f(0.0002, "cov_method: the fraction of rollout tokens chosen (at least one; clip-cov 2e-4 "
-                                  "and kl-cov 2e-3 in the paper).", range='(0, 1]')
-    cov_low: float = _f(1.0, "cov_method=clip-cov: the lower end of the covariance band.", range='(-inf, inf)')
-    cov_high: float = _f(5.0, "cov_method=clip-cov: the upper end of the covariance band.", range='(-inf, inf)')
-    kl_cov_coef: float = _f(1.0, "cov_method=kl-cov: the penalty's coefficient.", range='[0, inf)')
+                                  "and kl-cov 2e-3 in the paper).", range='(0, 1]', feeds="cov-control")
+    cov_low: float = _f(1.0, "cov_method=clip-cov: the lower end of the covariance band.", range='(-inf, inf)',
+                        feeds="clip-cov")
+    cov_high: float = _f(5.0, "cov_method=clip-cov: the upper end of the covariance band.", range='(-inf, inf)',
+                         feeds="clip-cov")
+    kl_cov_coef: float = _f(1.0, "cov_method=kl-cov: the penalty's coefficient.", range='[0, inf)', feeds="kl-cov")
     controller_sign: Literal["assumed", "measured"] = _f(
         "assumed", "sft_weight/rl_weight=target: which way a factor moves entropy: assumed (w_SFT up raises it, "
         "w_RL up lowers it) or measured (each log factor gets a +-controller_probe dither, the sign of "
         "d entropy / d log factor is fitted by least squares over the last controller_window steps' changes, and "
-        "the factor moves the way that closes the gap; it holds still until the fit has a sign).")
-    controller_probe: float = _f(0.1, "controller_sign=measured: amplitude of the dither on each log factor.", range='(0, inf)')
-    controller_window: int = _f(8, "controller_sign=measured: steps of history in the fit.", range='[3, inf)')
+        "the factor moves the way that closes the gap; it holds still until the fit has a sign).",
+        feeds="entropy-controller")
+    controller_probe: float = _f(0.1, "controller_sign=measured: amplitude of the dither on each log factor.", range='(0, inf)',
+                                 feeds="measured-controller")
+    controller_window: int = _f(8, "controller_sign=measured: steps of history in the fit.", range='[3, inf)',
+                                feeds="measured-controller")
     kl_coef: float = _f(0.0, "KL penalty to the frozen initial model (see kl_estimator, kl_direction, kl_tokens); "
                              "0 = no reference model.", range='[0, inf)')
     kl_estimator: Literal["k3", "full"] = _f(
         "k3", "KL estimate: k3 at the sequence's own tokens (cheap; unbiased only on own samples), or the exact "
-        "KL over the whole vocabulary at each position (needs [B, T, V] log-probs of both models).")
+        "KL over the whole vocabulary at each position (needs [B, T, V] log-probs of both models).", feeds="kl")
     kl_direction: Literal["pi-ref", "ref-pi"] = _f(
         "pi-ref", "Which KL: KL(pi || ref) (pi-ref, the RL penalty) or KL(ref || pi) (ref-pi, ASFT's anchor: "
-        "sum_v ref(v) (log ref(v) - log pi(v)); needs kl_estimator=full).")
+        "sum_v ref(v) (log ref(v) - log pi(v)); needs kl_estimator=full).", feeds="kl")
     kl_tokens: Literal["rollouts", "demos", "all"] = _f(
-        "rollouts", "Where the KL penalty applies: own rollout tokens (RL), demonstration tokens (ASFT) or both.")
+        "rollouts", "Where the KL penalty applies: own rollout tokens (RL), demonstration tokens (ASFT) or both.",
+        feeds=("kl", "kl_cov"))
     demo_source: Literal["expert", "self", "mixed", "rejection", "rationalised"] = _f(
         "expert", "Where each prompt's demonstration comes from: the data (expert), the shortest verified-correct "
         "own rollout found so far for that prompt, this step's included (self; prompts never solved have none), "
@@ -307,17 +331,21 @@ class ObjectiveConfig:
         "(saved in RUN_DIR/bootstrap.json and the checkpoints): the shortest verified-correct of bootstrap_k "
         "samples of the starting model per prompt (rejection), or of bootstrap_k samples written with the gold "
         "answer as a hint in the prompt, trained on the prompt without the hint (rationalised); prompts with none "
-        "follow bootstrap_fallback.")
-    bootstrap_k: int = _f(4, "demo_source=rejection/rationalised: samples per training prompt.", range='(0, inf)')
+        "follow bootstrap_fallback.", feeds="demos")
+    bootstrap_k: int = _f(4, "demo_source=rejection/rationalised: samples per training prompt.", range='(0, inf)',
+                          feeds="bootstrap")
     bootstrap_fallback: Literal["expert", "none"] = _f(
         "expert", "demo_source=rejection/rationalised: the demonstration of a prompt none of whose samples verified: "
-        "the expert's (the data's), or none.")
+        "the expert's (the data's), or none.", feeds="bootstrap")
     prefix_rollouts: int = _f(0, "Prefix-RFT: this many of each prompt's n rollouts continue from a prefix of the "
                                  "demonstration; 0 = off.", range='[0, inf)')
-    prefix_ratio_start: float = _f(0.95, "Prefix-RFT: prefix length as a fraction of the demonstration at step 0.", range='[0, 1]')
-    prefix_ratio_end: float = _f(0.05, "Prefix-RFT: the fraction at the last step (cosine decay in between).", range='[0, 1]')
+    prefix_ratio_start: float = _f(0.95, "Prefix-RFT: prefix length as a fraction of the demonstration at step 0.", range='[0, 1]',
+                                   feeds="prefix-rft")
+    prefix_ratio_end: float = _f(0.05, "Prefix-RFT: the fraction at the last step (cosine decay in between).", range='[0, 1]',
+                                 feeds="prefix-rft")
     prefix_entropy_top: float = _f(0.2, "Prefix-RFT: only this fraction of each prefix's tokens, those of highest "
-                                        "entropy, get the policy-gradient term; 1 = all prefix tokens.", range='(0, 1]')
+                                        "entropy, get the policy-gradient term; 1 = all prefix tokens.", range='(0, 1]',
+                                        feeds="prefix-rft")
     sasr_warmup_steps: float = _f(0, "SASR: steps of plain SFT, then each step is SFT with probability g/(g + g0) "
                                      "(g: this step's SFT gradient norm, g0: its warm-up mean), else RL; 0 = off. "
                                      + STEPS_OR_FRACTION, range='[0, inf)')
@@ -326,7 +354,7 @@ class ObjectiveConfig:
                              "weighted by min(pi_trainer / pi_engine, cap), and the GRPO ratio's old log-probs are "
                              "the trainer's; 0 = off, the GRPO ratio's old log-probs are then the engine's, "
                              "uncorrected. No effect with rollout.engine=hf (no engine log-probs).",
-                        range='[0, inf)')
+                        range='[0, inf)', feeds="tis")
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "token-sum-norm"] = _f(
         "token-sum-norm", "How per-token losses are reduced to a scalar.")
     term_norm: Literal["shared", "own"] = _f(
@@ -633,6 +661,7 @@ def describe() -> str:
         lines.append(f"[{sect.name}]")
         for f in dataclasses.fields(obj):
             lines.append(f"  {sect.name}.{f.name}: {_type_name(hints[f.name])} = {getattr(obj, f.name)!r}")
-            rng = f.metadata.get("range")
-            lines.append(f"      {f.metadata.get('help', '')}" + (f" Range: {rng}." if rng else ""))
+            rng, feeds = f.metadata.get("range"), f.metadata.get("feeds")
+            lines.append(f"      {f.metadata.get('help', '')}" + (f" Range: {rng}." if rng else "")
+                         + (f" Feeds: {', '.join(feeds)}." if feeds else ""))
     return "\n".join(lines)

@@ -12,8 +12,12 @@ training rows, loaded once as ``srft train`` loads them) and returns a list of
   rows that ``encode_rows`` drops or cuts;
 - ``verifier``: the data's own gold answers, stated as the task expects
   (``answer_response``), must all score 1; so should the demonstrations;
+- ``keys``: config keys set away from their defaults that nothing reads under this config
+  (every term or method they feed is off: :mod:`srft.objective.features`);
 - ``presets``: values of the method's preset known to differ between the paper and the
   reference scripts, or documented departures (information only).
+
+``keys`` and ``presets`` read the config alone: ``--only keys,presets`` loads no model.
 
 A ``problem`` makes ``srft doctor`` exit 1; ``warn`` is information.
 """
@@ -28,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from srft.models.loading import CONTEXT_FIX
+from srft.objective.features import dead_key_message, dead_keys
 
 OK, WARN, PROBLEM = "ok", "warn", "problem"
 
@@ -613,6 +618,17 @@ def check_presets(ctx: Context) -> list[Finding]:
     return out
 
 
+# --------------------------------------------------------------------------- 6. keys
+
+
+def check_keys(ctx: Context) -> list[Finding]:
+    """Keys set away from their defaults whose terms and methods are all off: a typo'd method or a stale override."""
+    dead = dead_keys(ctx.cfg)
+    if not dead:
+        return [Finding("keys", OK, "every key set away from its default feeds a term or method that is on")]
+    return [Finding("keys", WARN, dead_key_message(d)) for d in dead]
+
+
 # --------------------------------------------------------------------------- running
 
 CHECKS: dict[str, Callable[[Context], list[Finding]]] = {
@@ -620,8 +636,11 @@ CHECKS: dict[str, Callable[[Context], list[Finding]]] = {
     "sampling": check_sampling,
     "demonstrations": check_demonstrations,
     "verifier": check_verifier,
+    "keys": check_keys,
     "presets": check_presets,
 }
+# the checks that read the config alone: run by themselves, they need no model or data
+CONFIG_CHECKS = ("keys", "presets")
 
 
 def run_checks(ctx: Context, only: list[str] | None = None) -> list[Finding]:
@@ -648,7 +667,8 @@ def doctor(cfg, options: Options | None = None, only: list[str] | None = None, o
     """Run the checks on ``cfg``, print the findings, and return the exit code: 1 if any problem, else 0."""
     err = err or (lambda line: print(line, file=sys.stderr))
     t0 = time.perf_counter()
-    ctx = prepare(cfg, options)
+    config_only = bool(only) and all(c in CONFIG_CHECKS for c in only)
+    ctx = Context(cfg, options or Options()) if config_only else prepare(cfg, options)
     try:
         findings = run_checks(ctx, only)
     finally:

@@ -410,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=4, help="rollouts per sampled prompt")
     p.add_argument("--gold", type=int, default=200, help="gold answers and demonstrations to verify")
     p.add_argument("--only", default=None, help="comma-separated checks to run: prompts,sampling,demonstrations,"
-                                                "verifier,presets (default: all)")
+                                                "verifier,keys,presets (default: all)")
     p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("evaluate", help="evaluate a model on a task's test splits",

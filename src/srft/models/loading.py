@@ -420,8 +420,9 @@ def check_context(model, prompt_tokens: int, response_tokens: int, what: str) ->
 # What a 4k-context model such as Qwen2.5-Math-7B (max_position_embeddings 4096) needs for the paper's
 # 1,024 + 8,192 tokens: the SRFT and LUFFY training scripts edit its config.json so before they start.
 # srft doctor shows the same line (it calls check_context).
-CONTEXT_FIX = ('edit the model\'s config.json: "max_position_embeddings": 16384 and "rope_theta": 40000 as the '
-               'reference scripts do for Qwen2.5-Math, or lower data.max_response_tokens')
+CONTEXT_FIX = ('edit the model\'s config.json: "max_position_embeddings": 16384 and "rope_theta": 40000 (inside '
+               '"rope_parameters" where the file has that key) as the reference scripts do for Qwen2.5-Math, or '
+               'lower data.max_response_tokens')
 
 
 def wrap_model(model: torch.nn.Module, cfg: ModelConfig, dist=None) -> torch.nn.Module:
